@@ -1,0 +1,1 @@
+"""The broadcast core: sessions, rooms, fan-out. Knows nothing of gRPC or sockets."""

@@ -1,0 +1,132 @@
+"""A subscriber's bounded queue, fed without ever awaiting.
+
+Publishing must never wait on a recipient, or one slow client stalls the room
+(see websockets' broadcast notes). So ``deliver`` is synchronous and O(1), and
+what happens when the bound is reached is an explicit policy:
+
+- ``Overflow.DISCONNECT`` (chat): the subscriber is closed with
+  ``SlowConsumer``. Nothing is dropped silently; the client learns why.
+- ``Overflow.DROP_OLDEST`` (live audio): the oldest droppable item is discarded,
+  so a lagging listener skips ahead; items that are not droppable (stream
+  start and end marks) are never discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from hub.core.publication import Publication
+from hub.errors import HubError, SlowConsumer
+
+log = logging.getLogger(__name__)
+
+
+class Overflow(enum.Enum):
+    DISCONNECT = "disconnect"
+    DROP_OLDEST = "drop_oldest"
+
+
+class Subscription:
+    """One consumer of one channel: ``async for pub in subscription``."""
+
+    def __init__(
+        self,
+        channel: str,
+        *,
+        maxlen: int,
+        overflow: Overflow,
+        label: str = "",
+        on_close: Callable[[Subscription], None] | None = None,
+    ) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be at least 1")
+        self.channel = channel
+        self.maxlen = maxlen
+        self.overflow = overflow
+        self.label = label  # for log lines: who this is
+        self.dropped = 0  # items skipped under DROP_OLDEST
+        self._queue: deque[Publication] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._error: HubError | None = None
+        self._on_close = on_close
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def deliver(self, pub: Publication) -> None:
+        """Queue ``pub`` for this subscriber; never blocks, never raises."""
+        if self._closed:
+            return
+        if len(self._queue) >= self.maxlen and not self._make_room():
+            log.warning(
+                "%s: disconnected as slow consumer on %s (%d queued)",
+                self.label or "subscriber",
+                self.channel,
+                len(self._queue),
+            )
+            self.close(SlowConsumer(f"too slow: more than {self.maxlen} events queued"))
+            return
+        self._queue.append(pub)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _make_room(self) -> bool:
+        if self.overflow is not Overflow.DROP_OLDEST:
+            return False
+        for index, queued in enumerate(self._queue):
+            if queued.droppable:
+                del self._queue[index]
+                self.dropped += 1
+                return True
+        return False
+
+    def close(self, error: HubError | None = None) -> None:
+        """End the subscription.
+
+        Without ``error`` it ends gracefully: what is queued is still handed
+        out, then iteration stops. With ``error`` the queue is discarded and the
+        consumer gets the error at once.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if error is not None:
+            self._error = error
+            self._queue.clear()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def drain(self) -> list[Publication]:
+        """Take everything queued now, without waiting (for batching writers)."""
+        items = list(self._queue)
+        self._queue.clear()
+        return items
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Publication:
+        while not self._queue:
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._queue.popleft()

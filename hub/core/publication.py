@@ -17,7 +17,7 @@ class Publication:
     a chat line to 500 streams is one protobuf serialization, not 500.
     """
 
-    __slots__ = ("channel", "event", "time", "droppable", "_wire")
+    __slots__ = ("_wire", "channel", "droppable", "event", "time")
 
     def __init__(self, channel: str, event: Any, time: float, *, droppable: bool = False) -> None:
         self.channel = channel

@@ -1,0 +1,61 @@
+"""Runs one hub process: the core and every front door, until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from hub.core.hub import Hub
+from hub.rpc.server import GrpcServer
+from hub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Total budget from a signal to exit: streams get the shutdown event at once,
+# then this long to finish before they are cancelled. Stays well inside the
+# 5 s that orchestrators usually wait before SIGKILL.
+SHUTDOWN_GRACE = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Addresses:
+    grpc: list[str] = field(default_factory=lambda: ["0.0.0.0:6262", "0.0.0.0:50051"])
+
+
+class App:
+    def __init__(self, settings: Settings, addresses: Addresses, *, secret: bytes | None = None):
+        self.settings = settings
+        self.addresses = addresses
+        self.hub = Hub(settings, secret=secret)
+        self.grpc = GrpcServer(self.hub, addresses.grpc)
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(
+        self,
+        on_started: Callable[[list[str]], Awaitable[None]] | None = None,
+        on_stopping: Callable[[], None] | None = None,
+    ) -> None:
+        await self.hub.start()
+        bound = await self.grpc.start()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._stop.set)
+        try:
+            if on_started is not None:
+                await on_started(bound)
+            await self._stop.wait()
+            if on_stopping is not None:
+                on_stopping()
+            log.info("shutting down")
+            await self.hub.shutdown()
+            await self.grpc.stop(SHUTDOWN_GRACE)
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+            await self.hub.close()

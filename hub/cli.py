@@ -1,0 +1,172 @@
+"""``hub``: the reference chat program's command line, and the hub's own.
+
+Reference flags, same meanings and defaults: ``-s`` server mode, ``-p``
+password, ``-h`` host:port (where the server binds, or which server a client
+dials), ``-n`` the client's name, ``-v`` debug log. Since ``-h`` is taken, help
+is ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from hub.app import Addresses, App
+from hub.core.chat import CHANNEL
+from hub.core.events import UserJoined, UserLeft
+from hub.core.subscription import Overflow
+from hub.lines import PROCESS, SERVER, Printer
+from hub.rpc.server import BindError
+from hub.settings import ChatSettings, Settings
+
+log = logging.getLogger("hub")
+
+DEFAULT_HOST = "0.0.0.0:6262"
+DEFAULT_DEVICE_ADDRESS = "0.0.0.0:50051"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = ChatSettings()
+    parser = argparse.ArgumentParser(
+        prog="hub",
+        add_help=False,
+        description="Real-time hub: gRPC chat (reference-compatible), devices, streaming.",
+    )
+    parser.add_argument("--help", action="help", help="show this help and exit")
+    ref = parser.add_argument_group("reference flags")
+    ref.add_argument("-s", "--server", action="store_true", help="run the server")
+    ref.add_argument("-p", "--password", default="", help="the server's password")
+    ref.add_argument(
+        "-h",
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"server: bind address; client: server to dial (default {DEFAULT_HOST})",
+    )
+    ref.add_argument("-n", "--name", default="", help="client: your name")
+    ref.add_argument("-v", "--verbose", action="store_true", help="debug log")
+    srv = parser.add_argument_group("server")
+    srv.add_argument(
+        "--device-address",
+        default=DEFAULT_DEVICE_ADDRESS,
+        help="a second gRPC address, where the stock device client dials "
+        f"(default {DEFAULT_DEVICE_ADDRESS}; 'none' to serve only -h)",
+    )
+    srv.add_argument(
+        "--grace",
+        type=float,
+        default=defaults.grace,
+        help="seconds a session outlives its last stream (default %(default)s)",
+    )
+    srv.add_argument(
+        "--token-ttl",
+        type=float,
+        default=defaults.token_ttl,
+        help="token lifetime in seconds (default %(default)s)",
+    )
+    srv.add_argument(
+        "--rate",
+        type=float,
+        default=defaults.rate_per_second,
+        help="messages a second per session, 0 for no limit (default %(default)s)",
+    )
+    srv.add_argument(
+        "--burst",
+        type=float,
+        default=defaults.rate_burst,
+        help="message burst per session (default %(default)s)",
+    )
+    srv.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=defaults.message_max_bytes,
+        help="largest chat line (default %(default)s)",
+    )
+    srv.add_argument(
+        "--max-name-chars",
+        type=int,
+        default=defaults.name_max_chars,
+        help="longest user name (default %(default)s)",
+    )
+    srv.add_argument(
+        "--queue",
+        type=int,
+        default=defaults.queue_max,
+        help="events a stream may fall behind before it is cut (default %(default)s)",
+    )
+    return parser
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        # The per-session lines are for -v; the reference lines say enough.
+        logging.getLogger("hub").setLevel(logging.WARNING)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        chat=ChatSettings(
+            password=args.password,
+            token_ttl=args.token_ttl,
+            grace=args.grace,
+            name_max_chars=args.max_name_chars,
+            message_max_bytes=args.max_message_bytes,
+            rate_per_second=args.rate,
+            rate_burst=args.burst,
+            queue_max=args.queue,
+        )
+    )
+
+
+async def serve(args: argparse.Namespace, printer: Printer) -> int:
+    grpc_addresses = [args.host]
+    if args.device_address.lower() != "none" and args.device_address != args.host:
+        grpc_addresses.append(args.device_address)
+    app = App(settings_from(args), Addresses(grpc=grpc_addresses))
+    if not args.password:
+        log.warning("no password set (-p): anyone who reaches the server can log in")
+
+    async def print_sessions() -> None:
+        # The server's transcript is one more subscriber of the room.
+        async with app.hub.subscribe(
+            CHANNEL, maxlen=65536, overflow=Overflow.DISCONNECT, label="transcript"
+        ) as room:
+            async for pub in room:
+                event = pub.event
+                if isinstance(event, UserJoined):
+                    printer.line(SERVER, f"{event.session_id} ({event.name}) has logged in")
+                elif isinstance(event, UserLeft):
+                    printer.line(SERVER, f"{event.session_id} ({event.name}) has logged out")
+
+    async def started(bound: list[str]) -> None:
+        printer.line(SERVER, f'starting on {bound[0]} with password "{args.password}"')
+        app.hub.spawn(print_sessions())
+
+    try:
+        await app.run(started, on_stopping=lambda: printer.line(SERVER, "shutting down"))
+    except BindError as error:
+        printer.line(PROCESS, f"server unable to bind on provided host: {error}")
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    printer = Printer(sys.stderr)
+    if args.server:
+        return asyncio.run(serve(args, printer))
+    from clients.py_cli.chat import run_client  # the client pulls in prompt_toolkit
+
+    return run_client(args, printer)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The chat room: its rules for names, lines and who may speak.
+
+One room, as in the reference: every stream of every session receives every
+event, the sender's own lines included.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import unicodedata
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from hub.core.events import LeaveReason, ServerShutdown, UserJoined, UserLeft, UserMessage
+from hub.core.sessions import Session
+from hub.core.subscription import Overflow, Subscription
+from hub.errors import InvalidArgument, RateLimited, Unauthenticated, Unavailable
+from hub.settings import ChatSettings
+
+if TYPE_CHECKING:
+    from hub.core.hub import Hub
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "chat"
+
+
+def _unprintable(char: str) -> bool:
+    # Control (Cc), format (Cf: bidi overrides, zero-width tricks), surrogates,
+    # private use and unassigned code points, and line/paragraph separators:
+    # none belongs in a name that every screen shows on one line.
+    category = unicodedata.category(char)
+    return category[0] == "C" or category in ("Zl", "Zp")
+
+
+def check_name(name: str, max_chars: int) -> None:
+    if not name.strip():
+        raise InvalidArgument("username is required")
+    if len(name) > max_chars:
+        raise InvalidArgument(f"username must be at most {max_chars} characters")
+    if any(_unprintable(c) for c in name):
+        raise InvalidArgument("username must contain printable characters only")
+
+
+def check_message(text: str, max_bytes: int) -> None:
+    if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise InvalidArgument(f"message must be at most {max_bytes} bytes")
+    # A line feed, carriage return or escape would let a sender forge lines or
+    # drive other people's terminals; tabs are harmless.
+    if any(unicodedata.category(c) == "Cc" and c != "\t" for c in text):
+        raise InvalidArgument("message must not contain control characters")
+
+
+class Chat:
+    def __init__(self, hub: Hub, settings: ChatSettings) -> None:
+        self._hub = hub
+        self._settings = settings
+
+    async def login(self, name: str, password: str) -> tuple[Session, str]:
+        if self._hub.closing:
+            raise Unavailable("server is shutting down")
+        if not hmac.compare_digest(password.encode(), self._settings.password.encode()):
+            raise Unauthenticated("password is incorrect")
+        check_name(name, self._settings.name_max_chars)
+        session, token = self._hub.sessions.create(name)
+        log.info("%s: %r logged in", session.id, name)
+        await self._hub.publish(CHANNEL, UserJoined(name=name, session_id=session.id))
+        return session, token
+
+    async def logout(self, token: str) -> Session:
+        # Announcing the departure is the sessions' end handler's job
+        # (Hub._session_ended), shared with expiry and departure.
+        return self._hub.sessions.revoke(token)
+
+    def authenticate(self, token: str) -> Session:
+        return self._hub.sessions.authenticate(token)
+
+    @asynccontextmanager
+    async def stream(self, session: Session) -> AsyncIterator[Subscription]:
+        """A subscription to the room for one of the session's streams."""
+        async with self._hub.subscribe(
+            CHANNEL,
+            maxlen=self._settings.queue_max,
+            overflow=Overflow.DISCONNECT,
+            label=session.id,
+        ) as subscription:
+            self._hub.sessions.attach(session, subscription)
+            try:
+                yield subscription
+            finally:
+                self._hub.sessions.detach(session, subscription)
+
+    async def say(self, session: Session, text: str) -> None:
+        if self._hub.closing:
+            raise Unavailable("server is shutting down")
+        check_message(text, self._settings.message_max_bytes)
+        if not session.bucket.take():
+            log.warning("%s: rate limited", session.id)
+            raise RateLimited(
+                f"too many messages: at most {self._settings.rate_per_second:g} a second"
+            )
+        await self._hub.publish(
+            CHANNEL, UserMessage(name=session.name, session_id=session.id, text=text)
+        )
+
+    async def announce_end(self, session: Session, reason: LeaveReason) -> None:
+        log.info("%s: %r left (%s)", session.id, session.name, reason.value)
+        await self._hub.publish(
+            CHANNEL, UserLeft(name=session.name, session_id=session.id, reason=reason)
+        )
+
+    async def announce_shutdown(self) -> None:
+        await self._hub.publish(CHANNEL, ServerShutdown())

@@ -1,0 +1,130 @@
+"""The Hub: owns the registries and the fan-out; every front door talks to it.
+
+Publications go out through the injected Broker and come back through
+``_deliver``, which hands the same Publication object to every local
+subscriber of its channel without awaiting any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+from hub.clock import Clock, SystemClock
+from hub.core.broker import Broker, MemoryBroker
+from hub.core.chat import Chat
+from hub.core.events import LeaveReason
+from hub.core.publication import Publication
+from hub.core.sessions import Session, Sessions
+from hub.core.subscription import Overflow, Subscription
+from hub.core.tokens import TokenIssuer, load_secret
+from hub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        broker: Broker | None = None,
+        clock: Clock | None = None,
+        secret: bytes | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.clock = clock or SystemClock()
+        self.broker: Broker = broker or MemoryBroker()
+        issuer = TokenIssuer(secret or load_secret(), self.settings.chat.token_ttl, self.clock)
+        self.sessions = Sessions(self.settings.chat, issuer, self.clock, self._session_ended)
+        self.chat = Chat(self, self.settings.chat)
+        self.closing = False
+        self._subscribers: dict[str, dict[Subscription, None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.broker.start(self._deliver)
+
+    # -- fan-out ---------------------------------------------------------
+
+    async def publish(self, channel: str, event: Any, *, droppable: bool = False) -> Publication:
+        pub = Publication(channel, event, self.clock.wall(), droppable=droppable)
+        await self.broker.publish(pub)
+        return pub
+
+    def _deliver(self, pub: Publication) -> None:
+        subscribers = self._subscribers.get(pub.channel)
+        if subscribers:
+            # A copy: a subscriber that overflows removes itself mid-loop.
+            for subscription in tuple(subscribers):
+                subscription.deliver(pub)
+
+    @asynccontextmanager
+    async def subscribe(
+        self, channel: str, *, maxlen: int, overflow: Overflow, label: str = ""
+    ) -> AsyncIterator[Subscription]:
+        subscription = Subscription(
+            channel, maxlen=maxlen, overflow=overflow, label=label, on_close=self._forget
+        )
+        local = self._subscribers.setdefault(channel, {})
+        first = not local
+        local[subscription] = None
+        try:
+            if first:
+                await self.broker.subscribe(channel)
+            yield subscription
+        finally:
+            subscription.close()
+            if channel not in self._subscribers:
+                await self.broker.unsubscribe(channel)
+
+    def _forget(self, subscription: Subscription) -> None:
+        local = self._subscribers.get(subscription.channel)
+        if local is None:
+            return
+        local.pop(subscription, None)
+        if not local:
+            del self._subscribers[subscription.channel]
+
+    def subscriber_count(self, channel: str) -> int:
+        return len(self._subscribers.get(channel, ()))
+
+    # -- lifecycle -------------------------------------------------------
+
+    def _session_ended(self, session: Session, reason: LeaveReason) -> None:
+        self.spawn(self.chat.announce_end(session, reason))
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("background task failed", exc_info=error)
+
+    async def shutdown(self) -> None:
+        """Tell every stream the server is going, then end every subscription.
+
+        Subscriptions end gracefully: each still hands out what it has queued,
+        the shutdown event last, before its stream closes.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        await self.chat.announce_shutdown()
+        for local in list(self._subscribers.values()):
+            for subscription in list(local):
+                subscription.close()
+        self.sessions.close()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.broker.close()

@@ -1,0 +1,1 @@
+"""The gRPC front doors: thin adapters from grpc.aio onto the core."""

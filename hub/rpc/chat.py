@@ -1,0 +1,124 @@
+"""The reference-compatible Chat service.
+
+Responses are serialized once per event by ``encode_event`` and the same bytes
+are written to every stream: the handlers are registered with no response
+serializer, so gRPC sends the bytes they yield as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from hub.core.events import ServerShutdown, UserJoined, UserLeft, UserMessage
+from hub.core.hub import Hub
+from hub.core.publication import Publication
+from hub.core.sessions import Session
+from hub.core.subscription import Subscription
+from hub.errors import HubError, Unauthenticated, Unavailable
+from hub.proto import chat_pb2
+from hub.rpc.status import abort, metadata_value
+
+log = logging.getLogger(__name__)
+
+TOKEN_HEADER = "x-chat-token"
+
+
+
+def encode_event(pub: Publication) -> bytes:
+    """The chat wire form of a core event: one ``StreamResponse``."""
+    response = chat_pb2.StreamResponse()
+    response.timestamp.FromNanoseconds(int(pub.time * 1e9))
+    event = pub.event
+    if isinstance(event, UserMessage):
+        response.client_message.name = event.name
+        response.client_message.message = event.text
+    elif isinstance(event, UserJoined):
+        response.client_login.name = event.name
+    elif isinstance(event, UserLeft):
+        response.client_logout.name = event.name
+    elif isinstance(event, ServerShutdown):
+        response.server_shutdown.SetInParent()
+    else:
+        raise TypeError(f"no chat wire form for {event!r}")
+    return response.SerializeToString()
+
+
+class ChatService:
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    async def login(self, request: chat_pb2.LoginRequest, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            _, token = await self._hub.chat.login(request.name, request.password)
+        except HubError as error:
+            await abort(context, error)
+        return chat_pb2.LoginResponse(token=token).SerializeToString()
+
+    async def logout(self, request: chat_pb2.LogoutRequest, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            await self._hub.chat.logout(request.token)
+        except HubError as error:
+            await abort(context, error)
+        return chat_pb2.LogoutResponse().SerializeToString()
+
+    async def stream(
+        self, requests: AsyncIterator[chat_pb2.StreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        token = metadata_value(context, TOKEN_HEADER)
+        if token is None:
+            await abort(context, Unauthenticated("missing token header"))
+        try:
+            session = self._hub.chat.authenticate(token)
+        except HubError as error:
+            await abort(context, error)
+        if self._hub.closing:
+            await abort(context, Unavailable("server is shutting down"))
+        async with self._hub.chat.stream(session) as subscription:
+            reader = asyncio.create_task(self._read(requests, session, subscription))
+            try:
+                async for pub in subscription:
+                    yield pub.encoded(encode_event)
+            except HubError as error:
+                await abort(context, error)
+            finally:
+                reader.cancel()
+
+    async def _read(
+        self,
+        requests: AsyncIterator[chat_pb2.StreamRequest],
+        session: Session,
+        subscription: Subscription,
+    ) -> None:
+        # A refused line ends this stream only, with the refusal as its status.
+        try:
+            async for request in requests:
+                await self._hub.chat.say(session, request.message)
+        except HubError as error:
+            subscription.close(error)
+        except asyncio.CancelledError:
+            raise
+        except grpc.RpcError:
+            pass  # the peer went away mid-read; the writer side notices too
+        except Exception:
+            log.exception("%s: reading the stream failed", session.id)
+            subscription.close(Unavailable("internal error"))
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "chat.Chat",
+            {
+                "Login": grpc.unary_unary_rpc_method_handler(
+                    self.login, request_deserializer=chat_pb2.LoginRequest.FromString
+                ),
+                "Logout": grpc.unary_unary_rpc_method_handler(
+                    self.logout, request_deserializer=chat_pb2.LogoutRequest.FromString
+                ),
+                "Stream": grpc.stream_stream_rpc_method_handler(
+                    self.stream, request_deserializer=chat_pb2.StreamRequest.FromString
+                ),
+            },
+        )

@@ -1,0 +1,64 @@
+"""One grpc.aio server carrying every service on every configured address."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from hub.core.hub import Hub
+from hub.rpc.chat import ChatService
+
+log = logging.getLogger(__name__)
+
+# Bounds what one peer can make the server buffer. Chat lines are refused
+# above a few KiB anyway; anything past 64 KiB is cut by gRPC itself with
+# RESOURCE_EXHAUSTED before it is even parsed.
+MAX_RECEIVE_BYTES = 64 * 1024
+
+OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+    # Without SO_REUSEPORT a second hub on the same port fails to bind, as
+    # it should, instead of silently sharing the port with the first.
+    ("grpc.so_reuseport", 0),
+    # Notice peers that vanished without a FIN (a pulled cable, a suspended
+    # laptop): ping after 30 s of silence, give up 10 s later.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+
+class BindError(Exception):
+    pass
+
+
+class GrpcServer:
+    def __init__(self, hub: Hub, addresses: list[str]) -> None:
+        self._hub = hub
+        self._addresses = addresses
+        self._server = grpc.aio.server(options=OPTIONS)
+        self._server.add_generic_rpc_handlers([ChatService(hub).handler()])
+        self.bound: list[str] = []
+
+    def add_handler(self, handler: grpc.GenericRpcHandler) -> None:
+        self._server.add_generic_rpc_handlers([handler])
+
+    async def start(self) -> list[str]:
+        """Bind every address and start serving; returns them with real ports."""
+        for address in self._addresses:
+            try:
+                port = self._server.add_insecure_port(address)
+            except RuntimeError as error:
+                raise BindError(f"{address}: {error}") from None
+            if port == 0:
+                raise BindError(f"{address}: address unavailable or in use")
+            host = address.rsplit(":", 1)[0]
+            self.bound.append(f"{host}:{port}")
+        await self._server.start()
+        log.info("gRPC serving on %s", ", ".join(self.bound))
+        return self.bound
+
+    async def stop(self, grace: float) -> None:
+        await self._server.stop(grace)

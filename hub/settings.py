@@ -1,0 +1,37 @@
+"""Every tunable of the hub in one place, with the reason for each default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSettings:
+    password: str = ""
+    # Hours, not days: a stolen token is useful for a working day at most,
+    # and a client simply logs in again.
+    token_ttl: float = 12 * 3600.0
+    # How long a session outlives its last stream before the hub declares it
+    # gone and tells everyone. Long enough to ride out a reconnect after a
+    # network blip, short enough that people learn of a departure promptly.
+    grace: float = 30.0
+    # Names are shown on every screen: short, printable, one line.
+    name_max_chars: int = 32
+    # Chat lines, not file transfers: 4 KiB is pages of text, and bounds what
+    # one line costs when fanned out to hundreds of streams.
+    message_max_bytes: int = 4096
+    # A person types well under one line a second; 20/s sustained with bursts
+    # of 40 admits pasted text and bots while keeping a flooder from taking
+    # the room. 0 disables the limit (benchmarks).
+    rate_per_second: float = 20.0
+    rate_burst: float = 40.0
+    # Per-stream queue bound. A stream that falls this far behind is cut with
+    # RESOURCE_EXHAUSTED rather than silently fed less. 1,024 lines of at most
+    # 4 KiB bound one stream's backlog at 4 MiB, and at the default rate limit
+    # it takes dozens of busy senders for a healthy client to get near it.
+    queue_max: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    chat: ChatSettings = field(default_factory=ChatSettings)

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from hub.audio.library import SoundLibrary
 from hub.core.hub import Hub
 from hub.rpc.server import GrpcServer
 from hub.settings import Settings
@@ -26,10 +27,17 @@ class Addresses:
 
 
 class App:
-    def __init__(self, settings: Settings, addresses: Addresses, *, secret: bytes | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        addresses: Addresses,
+        *,
+        secret: bytes | None = None,
+        library: SoundLibrary | None = None,
+    ) -> None:
         self.settings = settings
         self.addresses = addresses
-        self.hub = Hub(settings, secret=secret)
+        self.hub = Hub(settings, secret=secret, library=library)
         self.grpc = GrpcServer(self.hub, addresses.grpc)
         self._stop = asyncio.Event()
 

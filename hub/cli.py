@@ -15,12 +15,14 @@ import sys
 from collections.abc import Sequence
 
 from hub.app import Addresses, App
+from hub.audio.library import SoundLibrary
+from hub.audio.opus import OpusSettings
 from hub.core.chat import CHANNEL
 from hub.core.events import UserJoined, UserLeft
 from hub.core.subscription import Overflow
 from hub.lines import PROCESS, SERVER, Printer
 from hub.rpc.server import BindError
-from hub.settings import ChatSettings, Settings
+from hub.settings import ChatSettings, DeviceSettings, Settings
 
 log = logging.getLogger("hub")
 
@@ -30,6 +32,8 @@ DEFAULT_DEVICE_ADDRESS = "0.0.0.0:50051"
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = ChatSettings()
+    device_defaults = DeviceSettings()
+    opus_defaults = OpusSettings()
     parser = argparse.ArgumentParser(
         prog="hub",
         add_help=False,
@@ -96,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.queue_max,
         help="events a stream may fall behind before it is cut (default %(default)s)",
     )
+    dev = parser.add_argument_group("devices")
+    dev.add_argument("--sounds", metavar="DIR",
+                     help="folder of mode sounds, one mode per file in name order "
+                          "(default: the bundled sounds/)")
+    dev.add_argument("--long-sound", action="store_true",
+                     help="add the 20-minute generated sound as the last mode")
+    dev.add_argument("--device-token", action="store_true",
+                     help="devices must send a valid x-chat-token (the stock client cannot)")
+    dev.add_argument("--token-rooms", default="", metavar="ROOM,ROOM",
+                     help="with --device-token: require it only in these rooms")
+    dev.add_argument("--room-linger", type=float, default=device_defaults.linger,
+                     help="seconds an empty room keeps its mode (default %(default)s)")
+    dev.add_argument("--opus-bitrate", type=int, default=opus_defaults.bitrate,
+                     help="bits a second (default %(default)s)")
+    dev.add_argument("--opus-complexity", type=int, default=opus_defaults.complexity,
+                     help="0-10 (default %(default)s)")
+    dev.add_argument("--opus-frame-ms", type=float, default=opus_defaults.frame_ms,
+                     help="packet duration: 2.5, 5, 10, 20, 40 or 60 (default %(default)s); "
+                          "shorter is lower latency and more packets a second")
     return parser
 
 
@@ -121,7 +144,17 @@ def settings_from(args: argparse.Namespace) -> Settings:
             rate_per_second=args.rate,
             rate_burst=args.burst,
             queue_max=args.queue,
-        )
+        ),
+        devices=DeviceSettings(
+            require_token=args.device_token,
+            token_rooms=frozenset(r for r in args.token_rooms.split(",") if r),
+            linger=args.room_linger,
+            opus=OpusSettings(
+                bitrate=args.opus_bitrate,
+                complexity=args.opus_complexity,
+                frame_ms=args.opus_frame_ms,
+            ),
+        ),
     )
 
 
@@ -129,7 +162,13 @@ async def serve(args: argparse.Namespace, printer: Printer) -> int:
     grpc_addresses = [args.host]
     if args.device_address.lower() != "none" and args.device_address != args.host:
         grpc_addresses.append(args.device_address)
-    app = App(settings_from(args), Addresses(grpc=grpc_addresses))
+    try:
+        settings = settings_from(args)
+        library = SoundLibrary.from_folder(args.sounds, with_long=args.long_sound)
+    except (ValueError, OSError) as error:
+        printer.line(PROCESS, str(error))
+        return 1
+    app = App(settings, Addresses(grpc=grpc_addresses), library=library)
     if not args.password:
         log.warning("no password set (-p): anyone who reaches the server can log in")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hub.audio.opus import OpusSettings
+
 
 @dataclass(frozen=True, slots=True)
 class ChatSettings:
@@ -33,5 +35,22 @@ class ChatSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceSettings:
+    # The stock device client sends no token, so rooms are open by default:
+    # anyone who can reach the port can join any room, hear it and press its
+    # buttons. With require_token, a device must send a valid x-chat-token
+    # (from chat Login) — in every room, or only in ``token_rooms`` if given.
+    require_token: bool = False
+    token_rooms: frozenset[str] = frozenset()
+    # How long an empty room keeps its mode (seconds).
+    linger: float = 600.0
+    opus: OpusSettings = field(default_factory=OpusSettings)
+
+    def requires_token(self, room_id: str) -> bool:
+        return self.require_token and (not self.token_rooms or room_id in self.token_rooms)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     chat: ChatSettings = field(default_factory=ChatSettings)
+    devices: DeviceSettings = field(default_factory=DeviceSettings)

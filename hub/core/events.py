@@ -38,3 +38,47 @@ class ServerShutdown:
 
 
 ChatEvent = UserJoined | UserLeft | UserMessage | ServerShutdown
+
+
+# -- device rooms --------------------------------------------------------
+
+
+class StreamEnd(enum.Enum):
+    FINISHED = "finished"  # the sound ran out
+    STOPPED = "stopped"  # Stop was pressed
+    SWITCHED = "switched"  # Play was pressed again: another stream follows
+    ERROR = "error"  # the sound could not be read or encoded
+    CLOSED = "closed"  # the room closed (hub shutdown, room expired)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """One Opus packet of one stream; ``is_start``/``is_end`` mark its edges.
+
+    Every frame, the start and end ones included, carries exactly one valid
+    Opus packet: the stock device decodes every ``data`` it gets.
+    """
+
+    stream_id: int
+    seq: int
+    data: bytes
+    is_start: bool = False
+    is_end: bool = False
+    title: str = ""
+    duration: float | None = None  # of the whole sound, when known
+    end_reason: StreamEnd | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedFrame:
+    """The room's full six-LED frame (0xRRGGBBAA each)."""
+
+    leds: tuple[int, int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomNotice:
+    """Something people watching a room want to read about."""
+
+    room: str
+    text: str

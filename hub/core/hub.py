@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
+from hub.audio.library import SoundLibrary
 from hub.clock import Clock, SystemClock
 from hub.core.broker import Broker, MemoryBroker
 from hub.core.chat import Chat
 from hub.core.events import LeaveReason
 from hub.core.publication import Publication
+from hub.core.rooms import Rooms
 from hub.core.sessions import Session, Sessions
 from hub.core.subscription import Overflow, Subscription
 from hub.core.tokens import TokenIssuer, load_secret
@@ -34,6 +36,7 @@ class Hub:
         broker: Broker | None = None,
         clock: Clock | None = None,
         secret: bytes | None = None,
+        library: SoundLibrary | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.clock = clock or SystemClock()
@@ -41,12 +44,20 @@ class Hub:
         issuer = TokenIssuer(secret or load_secret(), self.settings.chat.token_ttl, self.clock)
         self.sessions = Sessions(self.settings.chat, issuer, self.clock, self._session_ended)
         self.chat = Chat(self, self.settings.chat)
+        devices = self.settings.devices
+        self.rooms = Rooms(
+            self,
+            library or SoundLibrary.from_folder(),
+            opus=devices.opus,
+            linger=devices.linger,
+        )
         self.closing = False
         self._subscribers: dict[str, dict[Subscription, None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.broker.start(self._deliver)
+        await self.rooms.preload()
 
     # -- fan-out ---------------------------------------------------------
 
@@ -118,6 +129,7 @@ class Hub:
             return
         self.closing = True
         await self.chat.announce_shutdown()
+        await self.rooms.close()
         for local in list(self._subscribers.values()):
             for subscription in list(local):
                 subscription.close()

@@ -73,9 +73,11 @@ class TokenIssuer:
     def issue(self, session_id: str, name: str) -> tuple[str, float]:
         """A token for the session, and the wall time at which it expires."""
         now = self._clock.wall()
-        expires = now + self._ttl
-        claims = {"sid": session_id, "sub": name, "iat": int(now), "exp": int(expires) + 1}
-        return jwt.encode(claims, self._secret, algorithm=ALGORITHM), expires
+        # ``exp`` is whole seconds, rounded up; the session ends at that same
+        # instant, so a token whose session expired is refused as expired.
+        expires = int(now + self._ttl) + 1
+        claims = {"sid": session_id, "sub": name, "iat": int(now), "exp": expires}
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM), float(expires)
 
     def verify(self, token: str) -> TokenClaims:
         try:

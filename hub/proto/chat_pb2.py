@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14hub/proto/chat.proto\x12\x04\x63hat\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x0cLoginRequest\x12\x10\n\x08password\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x1e\n\rLoginResponse\x12\r\n\x05token\x18\x01 \x01(\t\"\x1e\n\rLogoutRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x10\n\x0eLogoutResponse\" \n\rStreamRequest\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x89\x03\n\x0eStreamResponse\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0c\x63lient_login\x18\x02 \x01(\x0b\x32\x1a.chat.StreamResponse.LoginH\x00\x12\x34\n\rclient_logout\x18\x03 \x01(\x0b\x32\x1b.chat.StreamResponse.LogoutH\x00\x12\x36\n\x0e\x63lient_message\x18\x04 \x01(\x0b\x32\x1c.chat.StreamResponse.MessageH\x00\x12\x38\n\x0fserver_shutdown\x18\x05 \x01(\x0b\x32\x1d.chat.StreamResponse.ShutdownH\x00\x1a\x15\n\x05Login\x12\x0c\n\x04name\x18\x01 \x01(\t\x1a\x16\n\x06Logout\x12\x0c\n\x04name\x18\x01 \x01(\t\x1a(\n\x07Message\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x1a\n\n\x08ShutdownB\x07\n\x05\x65vent2\xac\x01\n\x04\x43hat\x12\x32\n\x05Login\x12\x12.chat.LoginRequest\x1a\x13.chat.LoginResponse\"\x00\x12\x35\n\x06Logout\x12\x13.chat.LogoutRequest\x1a\x14.chat.LogoutResponse\"\x00\x12\x39\n\x06Stream\x12\x13.chat.StreamRequest\x1a\x14.chat.StreamResponse\"\x00(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14hub/proto/chat.proto\x12\x04\x63hat\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x0cLoginRequest\x12\x10\n\x08password\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x1e\n\rLoginResponse\x12\r\n\x05token\x18\x01 \x01(\t\"\x1e\n\rLogoutRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x10\n\x0eLogoutResponse\" \n\rStreamRequest\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x89\x03\n\x0eStreamResponse\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0c\x63lient_login\x18\x02 \x01(\x0b\x32\x1a.chat.StreamResponse.LoginH\x00\x12\x34\n\rclient_logout\x18\x03 \x01(\x0b\x32\x1b.chat.StreamResponse.LogoutH\x00\x12\x36\n\x0e\x63lient_message\x18\x04 \x01(\x0b\x32\x1c.chat.StreamResponse.MessageH\x00\x12\x38\n\x0fserver_shutdown\x18\x05 \x01(\x0b\x32\x1d.chat.StreamResponse.ShutdownH\x00\x1a\x15\n\x05Login\x12\x0c\n\x04name\x18\x01 \x01(\t\x1a\x16\n\x06Logout\x12\x0c\n\x04name\x18\x01 \x01(\t\x1a(\n\x07Message\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x1a\n\n\x08ShutdownB\x07\n\x05\x65vent\"\x1c\n\x0cWatchRequest\x12\x0c\n\x04room\x18\x01 \x01(\t\"V\n\tRoomEvent\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04room\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"o\n\x0cPressRequest\x12\x0c\n\x04room\x18\x01 \x01(\t\x12)\n\x06\x62utton\x18\x02 \x01(\x0e\x32\x19.chat.PressRequest.Button\"&\n\x06\x42utton\x12\x08\n\x04MODE\x10\x00\x12\x08\n\x04PLAY\x10\x01\x12\x08\n\x04STOP\x10\x02\"\x1e\n\rPressResponse\x12\r\n\x05state\x18\x01 \x01(\t2\xac\x01\n\x04\x43hat\x12\x32\n\x05Login\x12\x12.chat.LoginRequest\x1a\x13.chat.LoginResponse\"\x00\x12\x35\n\x06Logout\x12\x13.chat.LogoutRequest\x1a\x14.chat.LogoutResponse\"\x00\x12\x39\n\x06Stream\x12\x13.chat.StreamRequest\x1a\x14.chat.StreamResponse\"\x00(\x01\x30\x01\x32m\n\x05Rooms\x12\x30\n\x05Watch\x12\x12.chat.WatchRequest\x1a\x0f.chat.RoomEvent\"\x00\x30\x01\x12\x32\n\x05Press\x12\x12.chat.PressRequest\x1a\x13.chat.PressResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,6 +52,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMRESPONSE_MESSAGE']._serialized_end=600
   _globals['_STREAMRESPONSE_SHUTDOWN']._serialized_start=602
   _globals['_STREAMRESPONSE_SHUTDOWN']._serialized_end=612
-  _globals['_CHAT']._serialized_start=624
-  _globals['_CHAT']._serialized_end=796
+  _globals['_WATCHREQUEST']._serialized_start=623
+  _globals['_WATCHREQUEST']._serialized_end=651
+  _globals['_ROOMEVENT']._serialized_start=653
+  _globals['_ROOMEVENT']._serialized_end=739
+  _globals['_PRESSREQUEST']._serialized_start=741
+  _globals['_PRESSREQUEST']._serialized_end=852
+  _globals['_PRESSREQUEST_BUTTON']._serialized_start=814
+  _globals['_PRESSREQUEST_BUTTON']._serialized_end=852
+  _globals['_PRESSRESPONSE']._serialized_start=854
+  _globals['_PRESSRESPONSE']._serialized_end=884
+  _globals['_CHAT']._serialized_start=887
+  _globals['_CHAT']._serialized_end=1059
+  _globals['_ROOMS']._serialized_start=1061
+  _globals['_ROOMS']._serialized_end=1170
 # @@protoc_insertion_point(module_scope)

@@ -182,3 +182,133 @@ class Chat:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RoomsStub:
+    """---------------------------------------------------------------------------
+    Added by the hub; the reference has no such service. A logged-in chat user
+    (x-chat-token metadata) can watch a device room and press its buttons.
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Watch = channel.unary_stream(
+                '/chat.Rooms/Watch',
+                request_serializer=hub_dot_proto_dot_chat__pb2.WatchRequest.SerializeToString,
+                response_deserializer=hub_dot_proto_dot_chat__pb2.RoomEvent.FromString,
+                _registered_method=True)
+        self.Press = channel.unary_unary(
+                '/chat.Rooms/Press',
+                request_serializer=hub_dot_proto_dot_chat__pb2.PressRequest.SerializeToString,
+                response_deserializer=hub_dot_proto_dot_chat__pb2.PressResponse.FromString,
+                _registered_method=True)
+
+
+class RoomsServicer:
+    """---------------------------------------------------------------------------
+    Added by the hub; the reference has no such service. A logged-in chat user
+    (x-chat-token metadata) can watch a device room and press its buttons.
+
+    """
+
+    def Watch(self, request, context):
+        """The room's current state first, then a line for each thing that happens:
+        mode changes, play, stop, devices coming and going.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Press(self, request, context):
+        """Acts on the whole room, as a press on any of its devices would.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RoomsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=hub_dot_proto_dot_chat__pb2.WatchRequest.FromString,
+                    response_serializer=hub_dot_proto_dot_chat__pb2.RoomEvent.SerializeToString,
+            ),
+            'Press': grpc.unary_unary_rpc_method_handler(
+                    servicer.Press,
+                    request_deserializer=hub_dot_proto_dot_chat__pb2.PressRequest.FromString,
+                    response_serializer=hub_dot_proto_dot_chat__pb2.PressResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'chat.Rooms', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('chat.Rooms', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Rooms:
+    """---------------------------------------------------------------------------
+    Added by the hub; the reference has no such service. A logged-in chat user
+    (x-chat-token metadata) can watch a device room and press its buttons.
+
+    """
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chat.Rooms/Watch',
+            hub_dot_proto_dot_chat__pb2.WatchRequest.SerializeToString,
+            hub_dot_proto_dot_chat__pb2.RoomEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Press(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.Rooms/Press',
+            hub_dot_proto_dot_chat__pb2.PressRequest.SerializeToString,
+            hub_dot_proto_dot_chat__pb2.PressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 TOKEN_HEADER = "x-chat-token"
 
 
-
 def encode_event(pub: Publication) -> bytes:
     """The chat wire form of a core event: one ``StreamResponse``."""
     response = chat_pb2.StreamResponse()
@@ -51,14 +50,18 @@ class ChatService:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    async def login(self, request: chat_pb2.LoginRequest, context: grpc.aio.ServicerContext) -> bytes:
+    async def login(
+        self, request: chat_pb2.LoginRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
         try:
             _, token = await self._hub.chat.login(request.name, request.password)
         except HubError as error:
             await abort(context, error)
         return chat_pb2.LoginResponse(token=token).SerializeToString()
 
-    async def logout(self, request: chat_pb2.LogoutRequest, context: grpc.aio.ServicerContext) -> bytes:
+    async def logout(
+        self, request: chat_pb2.LogoutRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
         try:
             await self._hub.chat.logout(request.token)
         except HubError as error:
@@ -101,8 +104,10 @@ class ChatService:
             subscription.close(error)
         except asyncio.CancelledError:
             raise
-        except grpc.RpcError:
-            pass  # the peer went away mid-read; the writer side notices too
+        except (grpc.RpcError, grpc.aio.AbortError):
+            # The peer went away mid-read, or the writer side aborted the call
+            # with a status (which wakes this read with AbortError).
+            pass
         except Exception:
             log.exception("%s: reading the stream failed", session.id)
             subscription.close(Unavailable("internal error"))

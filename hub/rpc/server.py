@@ -8,6 +8,8 @@ import grpc
 
 from hub.core.hub import Hub
 from hub.rpc.chat import ChatService
+from hub.rpc.devices import DeviceService
+from hub.rpc.rooms import RoomsService
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,13 @@ class GrpcServer:
         self._hub = hub
         self._addresses = addresses
         self._server = grpc.aio.server(options=OPTIONS)
-        self._server.add_generic_rpc_handlers([ChatService(hub).handler()])
+        self._server.add_generic_rpc_handlers(
+            [
+                ChatService(hub).handler(),
+                DeviceService(hub).handler(),
+                RoomsService(hub).handler(),
+            ]
+        )
         self.bound: list[str] = []
 
     def add_handler(self, handler: grpc.GenericRpcHandler) -> None:

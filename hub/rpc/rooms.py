@@ -1,0 +1,110 @@
+"""The hub's Rooms service (chat.proto): chat users watching and pressing rooms.
+
+Watching is not presence: a watcher neither keeps a room's sound playing
+nor shows up among its devices.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from hub.core.events import RoomNotice
+from hub.core.hub import Hub
+from hub.core.publication import Publication
+from hub.core.rooms import Room
+from hub.core.roomstate import Input
+from hub.core.sessions import Session
+from hub.core.subscription import Overflow
+from hub.errors import HubError, InvalidArgument, Unauthenticated
+from hub.proto import chat_pb2
+from hub.rpc.chat import TOKEN_HEADER
+from hub.rpc.status import abort, metadata_value
+
+log = logging.getLogger(__name__)
+
+BUTTONS = {
+    chat_pb2.PressRequest.MODE: Input.MODE,
+    chat_pb2.PressRequest.PLAY: Input.PLAY,
+    chat_pb2.PressRequest.STOP: Input.STOP,
+}
+# Notices are a few a second at most; a watcher this far behind is cut.
+WATCH_QUEUE = 256
+
+
+def describe(room: Room) -> str:
+    return f"{room.state.value}, mode {room.mode + 1}: {room.title}, {room.members} here"
+
+
+def encode_notice(pub: Publication) -> bytes:
+    notice: RoomNotice = pub.event
+    event = chat_pb2.RoomEvent(room=notice.room, text=notice.text)
+    event.timestamp.FromNanoseconds(int(pub.time * 1e9))
+    return event.SerializeToString()
+
+
+class RoomsService:
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def _session(self, context: grpc.aio.ServicerContext) -> Session:
+        token = metadata_value(context, TOKEN_HEADER)
+        if token is None:
+            raise Unauthenticated("missing token header")
+        return self._hub.sessions.authenticate(token)
+
+    async def watch(
+        self, request: chat_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        try:
+            session = self._session(context)
+            room = self._hub.rooms.get(request.room)
+        except HubError as error:
+            await abort(context, error)
+        log.info("%s: watching room %s", session.id, room.id)
+        async with self._hub.subscribe(
+            room.status_channel,
+            maxlen=WATCH_QUEUE,
+            overflow=Overflow.DISCONNECT,
+            label=f"{session.id} watching {room.id}",
+        ) as updates:
+            now = Publication(
+                room.status_channel, RoomNotice(room.id, describe(room)), self._hub.clock.wall()
+            )
+            yield now.encoded(encode_notice)
+            try:
+                async for pub in updates:
+                    if isinstance(pub.event, RoomNotice):
+                        yield pub.encoded(encode_notice)
+            except HubError as error:
+                await abort(context, error)
+
+    async def press(
+        self, request: chat_pb2.PressRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        try:
+            session = self._session(context)
+            room = self._hub.rooms.get(request.room)
+            given = BUTTONS.get(request.button)
+            if given is None:
+                raise InvalidArgument(f"unknown button {request.button}")
+        except HubError as error:
+            await abort(context, error)
+        log.info("%s: pressed %s in room %s", session.id, given.value, room.id)
+        await room.press(given)
+        return chat_pb2.PressResponse(state=describe(room)).SerializeToString()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "chat.Rooms",
+            {
+                "Watch": grpc.unary_stream_rpc_method_handler(
+                    self.watch, request_deserializer=chat_pb2.WatchRequest.FromString
+                ),
+                "Press": grpc.unary_unary_rpc_method_handler(
+                    self.press, request_deserializer=chat_pb2.PressRequest.FromString
+                ),
+            },
+        )

@@ -136,11 +136,11 @@ def square_melody() -> Signal:
 
 
 SOUNDS: dict[str, Callable[[], Signal]] = {
-    "mode1.flac": sine_chord,
-    "mode2.flac": arpeggio,
-    "mode3.flac": fm_bell,
-    "mode4.flac": rain,
-    "mode5.flac": square_melody,
+    "1-chord.flac": sine_chord,
+    "2-arpeggio.flac": arpeggio,
+    "3-bells.flac": fm_bell,
+    "4-rain.flac": rain,
+    "5-melody.flac": square_melody,
 }
 
 

@@ -1,7 +1,7 @@
 """The sounds a device can choose with its Mode button, plus the long one.
 
 Modes are indexed from 0 in the order of the sorted file names, so
-``sounds/mode1.flac`` is mode index 0 (shown to people as "mode 1"); with
+``sounds/1-chord.flac`` is mode index 0 (shown to people as "mode 1"); with
 ``with_long`` the long generated sound is the last mode. The folder is read
 once, when the library is built: changing the sounds means restarting (or
 building a new library), and the packet cache's keys include each file's size
@@ -11,6 +11,7 @@ and mtime, so stale packets are never served.
 from __future__ import annotations
 
 import logging
+import re
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,6 +26,12 @@ log = logging.getLogger(__name__)
 def default_sounds_folder() -> Path:
     """The repository's ``sounds/`` folder, found from this package."""
     return Path(__file__).resolve().parents[2] / "sounds"
+
+
+def title_of(path: Path) -> str:
+    """A file's title: its name less the extension and a leading track number,
+    as in ``01 - Intro.mp3`` or ``1-chord.flac``."""
+    return re.sub(r"^\d+\s*[-._ ]\s*", "", path.stem) or path.stem
 
 
 class SoundLibrary:
@@ -58,7 +65,7 @@ class SoundLibrary:
             if file.name.startswith("."):
                 continue
             try:
-                sound = FileSound(file)
+                sound = FileSound(file, title=title_of(file))
             except sf.SoundFileError as exc:  # what libsndfile cannot open
                 log.debug("skipping %s: not a sound file (%s)", file, exc)
                 continue

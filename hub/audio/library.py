@@ -11,8 +11,8 @@ and mtime, so stale packets are never served.
 from __future__ import annotations
 
 import logging
-import re
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 

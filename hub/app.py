@@ -9,9 +9,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from hub.audio.library import SoundLibrary
+from hub.audio.music import MusicFolder
 from hub.core.hub import Hub
 from hub.rpc.server import GrpcServer
 from hub.settings import Settings
+from hub.tcp.server import StreamServer
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,8 @@ SHUTDOWN_GRACE = 2.0
 @dataclass(frozen=True, slots=True)
 class Addresses:
     grpc: list[str] = field(default_factory=lambda: ["0.0.0.0:6262", "0.0.0.0:50051"])
+    # The raw-TCP streaming door (docs/protocol.md); None leaves it shut.
+    stream: str | None = "0.0.0.0:8080"
 
 
 class App:
@@ -34,11 +38,13 @@ class App:
         *,
         secret: bytes | None = None,
         library: SoundLibrary | None = None,
+        music: MusicFolder | None = None,
     ) -> None:
         self.settings = settings
         self.addresses = addresses
         self.hub = Hub(settings, secret=secret, library=library)
-        self.grpc = GrpcServer(self.hub, addresses.grpc)
+        self.grpc = GrpcServer(self.hub, addresses.grpc) if addresses.grpc else None
+        self.stream = StreamServer(self.hub, music) if addresses.stream else None
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -49,8 +55,12 @@ class App:
         on_started: Callable[[list[str]], Awaitable[None]] | None = None,
         on_stopping: Callable[[], None] | None = None,
     ) -> None:
+        """Serve until SIGINT or SIGTERM; ``on_started`` gets the bound addresses
+        (gRPC ones first, the stream one last)."""
         await self.hub.start()
-        bound = await self.grpc.start()
+        bound = await self.grpc.start() if self.grpc else []
+        if self.stream is not None and self.addresses.stream is not None:
+            bound.append(await self.stream.start(self.addresses.stream))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._stop.set)
@@ -62,7 +72,10 @@ class App:
                 on_stopping()
             log.info("shutting down")
             await self.hub.shutdown()
-            await self.grpc.stop(SHUTDOWN_GRACE)
+            if self.stream is not None:
+                await self.stream.close()
+            if self.grpc is not None:
+                await self.grpc.stop(SHUTDOWN_GRACE)
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)

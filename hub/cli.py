@@ -11,23 +11,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
+# gRPC's C core writes log lines of its own to standard error (a failed bind
+# comes out twice, once in its format, before ours); the reference prints only
+# its lines. Core reads this once, when grpc loads: so here, before any import
+# of it. An explicit GRPC_VERBOSITY (e.g. debug) still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 from hub.app import Addresses, App
-from hub.audio.library import SoundLibrary
+from hub.audio.library import SoundLibrary, default_sounds_folder
+from hub.audio.music import MusicFolder
 from hub.audio.opus import OpusSettings
 from hub.core.chat import CHANNEL
 from hub.core.events import UserJoined, UserLeft
 from hub.core.subscription import Overflow
 from hub.lines import PROCESS, SERVER, Printer
 from hub.rpc.server import BindError
-from hub.settings import ChatSettings, DeviceSettings, Settings
+from hub.settings import ChatSettings, DeviceSettings, Settings, StreamSettings
 
 log = logging.getLogger("hub")
 
 DEFAULT_HOST = "0.0.0.0:6262"
 DEFAULT_DEVICE_ADDRESS = "0.0.0.0:50051"
+DEFAULT_STREAM_ADDRESS = "0.0.0.0:8080"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,25 +109,68 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.queue_max,
         help="events a stream may fall behind before it is cut (default %(default)s)",
     )
+    tcp = parser.add_argument_group("streaming over TCP (docs/protocol.md)")
+    tcp.add_argument(
+        "--stream-address",
+        default=DEFAULT_STREAM_ADDRESS,
+        help=f"where to serve it (default {DEFAULT_STREAM_ADDRESS}; 'none' to shut it)",
+    )
+    tcp.add_argument(
+        "--music",
+        metavar="DIR",
+        help="the music folder clients list and play (default: the bundled sounds/)",
+    )
+    tcp.add_argument(
+        "--stream-token", action="store_true", help="listeners must send a valid token in HELLO"
+    )
     dev = parser.add_argument_group("devices")
-    dev.add_argument("--sounds", metavar="DIR",
-                     help="folder of mode sounds, one mode per file in name order "
-                          "(default: the bundled sounds/)")
-    dev.add_argument("--long-sound", action="store_true",
-                     help="add the 20-minute generated sound as the last mode")
-    dev.add_argument("--device-token", action="store_true",
-                     help="devices must send a valid x-chat-token (the stock client cannot)")
-    dev.add_argument("--token-rooms", default="", metavar="ROOM,ROOM",
-                     help="with --device-token: require it only in these rooms")
-    dev.add_argument("--room-linger", type=float, default=device_defaults.linger,
-                     help="seconds an empty room keeps its mode (default %(default)s)")
-    dev.add_argument("--opus-bitrate", type=int, default=opus_defaults.bitrate,
-                     help="bits a second (default %(default)s)")
-    dev.add_argument("--opus-complexity", type=int, default=opus_defaults.complexity,
-                     help="0-10 (default %(default)s)")
-    dev.add_argument("--opus-frame-ms", type=float, default=opus_defaults.frame_ms,
-                     help="packet duration: 2.5, 5, 10, 20, 40 or 60 (default %(default)s); "
-                          "shorter is lower latency and more packets a second")
+    dev.add_argument(
+        "--sounds",
+        metavar="DIR",
+        help="folder of mode sounds, one mode per file in name order "
+        "(default: the bundled sounds/)",
+    )
+    dev.add_argument(
+        "--long-sound",
+        action="store_true",
+        help="add the 20-minute generated sound as the last mode",
+    )
+    dev.add_argument(
+        "--device-token",
+        action="store_true",
+        help="devices must send a valid x-chat-token (the stock client cannot)",
+    )
+    dev.add_argument(
+        "--token-rooms",
+        default="",
+        metavar="ROOM,ROOM",
+        help="with --device-token: require it only in these rooms",
+    )
+    dev.add_argument(
+        "--room-linger",
+        type=float,
+        default=device_defaults.linger,
+        help="seconds an empty room keeps its mode (default %(default)s)",
+    )
+    dev.add_argument(
+        "--opus-bitrate",
+        type=int,
+        default=opus_defaults.bitrate,
+        help="bits a second (default %(default)s)",
+    )
+    dev.add_argument(
+        "--opus-complexity",
+        type=int,
+        default=opus_defaults.complexity,
+        help="0-10 (default %(default)s)",
+    )
+    dev.add_argument(
+        "--opus-frame-ms",
+        type=float,
+        default=opus_defaults.frame_ms,
+        help="packet duration: 2.5, 5, 10, 20, 40 or 60 (default %(default)s); "
+        "shorter is lower latency and more packets a second",
+    )
     return parser
 
 
@@ -155,6 +207,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                 frame_ms=args.opus_frame_ms,
             ),
         ),
+        stream=StreamSettings(require_token=args.stream_token),
     )
 
 
@@ -168,7 +221,13 @@ async def serve(args: argparse.Namespace, printer: Printer) -> int:
     except (ValueError, OSError) as error:
         printer.line(PROCESS, str(error))
         return 1
-    app = App(settings, Addresses(grpc=grpc_addresses), library=library)
+    stream_address = None if args.stream_address.lower() == "none" else args.stream_address
+    app = App(
+        settings,
+        Addresses(grpc=grpc_addresses, stream=stream_address),
+        library=library,
+        music=MusicFolder(args.music or default_sounds_folder()),
+    )
     if not args.password:
         log.warning("no password set (-p): anyone who reaches the server can log in")
 
@@ -205,6 +264,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clients.py_cli.chat import run_client  # the client pulls in prompt_toolkit
 
     return run_client(args, printer)
+
+
+def music_main(argv: Sequence[str] | None = None) -> int:
+    """``hub-music PORT FOLDER``: only the streaming door, on a music folder."""
+    parser = argparse.ArgumentParser(
+        prog="hub-music", description="Stream a music folder over TCP (docs/protocol.md)."
+    )
+    parser.add_argument("port", type=int, help="TCP port to listen on, all interfaces")
+    parser.add_argument("folder", help="the music folder (mp3, wav, flac, ogg, ...)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug log")
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    logging.getLogger("hub").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    app = App(
+        Settings(),
+        Addresses(grpc=[], stream=f"{args.host}:{args.port}"),
+        music=MusicFolder(args.folder),
+    )
+    try:
+        asyncio.run(app.run())
+    except OSError as error:
+        log.error("cannot serve on %s:%d: %s", args.host, args.port, error)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

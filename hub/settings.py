@@ -51,6 +51,33 @@ class DeviceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """The raw-TCP streaming front door (docs/protocol.md)."""
+
+    # Listening needs no token by default (a music folder on a home network);
+    # rooms keep the device policy either way (DeviceSettings), and a token
+    # that is given must be valid.
+    require_token: bool = False
+    # A client that sends nothing for this long is closed; clients PING at a
+    # third of it while they only listen.
+    idle_timeout: float = 60.0
+    # Audio frames are skipped while this many bytes wait in a client's send
+    # buffer: 8 KiB is about a second of 64 kb/s audio, so a client that falls
+    # that far behind skips ahead instead of hearing ever older sound.
+    send_high_water: int = 8 * 1024
+    # Frames that may not be skipped (stream start and end, replies) still
+    # queue; past this the client is hopeless and is closed with `slow`.
+    send_buffer_max: int = 256 * 1024
+    # Requests (list, play, join...) a second per connection, with bursts:
+    # people click, scripts loop; neither needs more.
+    request_rate: float = 20.0
+    request_burst: float = 40.0
+    # One open file descriptor each; past this, new clients get `unavailable`.
+    max_connections: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     chat: ChatSettings = field(default_factory=ChatSettings)
     devices: DeviceSettings = field(default_factory=DeviceSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)

@@ -66,6 +66,7 @@ class AudioFrame:
     is_end: bool = False
     title: str = ""
     duration: float | None = None  # of the whole sound, when known
+    frame_seconds: float = 0.02  # what each packet of the stream plays for
     end_reason: StreamEnd | None = None
 
 

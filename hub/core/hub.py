@@ -21,7 +21,7 @@ from hub.core.events import LeaveReason
 from hub.core.publication import Publication
 from hub.core.rooms import Rooms
 from hub.core.sessions import Session, Sessions
-from hub.core.subscription import Overflow, Subscription
+from hub.core.subscription import Overflow, Subscriber, Subscription
 from hub.core.tokens import TokenIssuer, load_secret
 from hub.settings import Settings
 
@@ -52,7 +52,7 @@ class Hub:
             linger=devices.linger,
         )
         self.closing = False
-        self._subscribers: dict[str, dict[Subscription, None]] = {}
+        self._subscribers: dict[str, dict[Subscriber, None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -77,28 +77,41 @@ class Hub:
     async def subscribe(
         self, channel: str, *, maxlen: int, overflow: Overflow, label: str = ""
     ) -> AsyncIterator[Subscription]:
+        """A queued subscription to ``channel``, for consumers that iterate."""
         subscription = Subscription(
             channel, maxlen=maxlen, overflow=overflow, label=label, on_close=self._forget
         )
+        async with self.attach(subscription):
+            yield subscription
+
+    @asynccontextmanager
+    async def attach(self, subscriber: Subscriber) -> AsyncIterator[None]:
+        """Deliver ``subscriber.channel``'s publications to ``subscriber`` while open.
+
+        Any object with ``deliver`` and ``close`` will do: a queue for a
+        consumer task, or a sink that writes straight to a transport.
+        """
+        channel = subscriber.channel
         local = self._subscribers.setdefault(channel, {})
         first = not local
-        local[subscription] = None
+        local[subscriber] = None
         try:
             if first:
                 await self.broker.subscribe(channel)
-            yield subscription
+            yield
         finally:
-            subscription.close()
+            subscriber.close()
+            self._forget(subscriber)
             if channel not in self._subscribers:
                 await self.broker.unsubscribe(channel)
 
-    def _forget(self, subscription: Subscription) -> None:
-        local = self._subscribers.get(subscription.channel)
+    def _forget(self, subscriber: Subscriber) -> None:
+        local = self._subscribers.get(subscriber.channel)
         if local is None:
             return
-        local.pop(subscription, None)
+        local.pop(subscriber, None)
         if not local:
-            del self._subscribers[subscription.channel]
+            del self._subscribers[subscriber.channel]
 
     def subscriber_count(self, channel: str) -> int:
         return len(self._subscribers.get(channel, ()))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-# A wire format: turns a publication into the bytes one front door sends.
-Codec = Callable[["Publication"], bytes]
+T = TypeVar("T")
 
 
 class Publication:
@@ -26,13 +25,14 @@ class Publication:
         # True for media a lagging listener may skip; False for anything
         # whose loss would be a bug (chat lines, stream start/end marks).
         self.droppable = droppable
-        self._wire: dict[Codec, bytes] = {}
+        self._wire: dict[Callable[[Publication], Any], Any] = {}
 
-    def encoded(self, codec: Codec) -> bytes:
+    def encoded(self, codec: Callable[[Publication], T]) -> T:
         try:
-            return self._wire[codec]
+            return self._wire[codec]  # type: ignore[no-any-return]  # keyed by codec
         except KeyError:
-            data = self._wire[codec] = codec(self)
+            data: T = codec(self)
+            self._wire[codec] = data
             return data
 
     def __repr__(self) -> str:

@@ -86,6 +86,7 @@ class AudioGate:
 
 END_REASONS = {
     Input.PLAY: StreamEnd.SWITCHED,
+    Input.LIVE: StreamEnd.SWITCHED,
     Input.STOP: StreamEnd.STOPPED,
     Input.ENDED: StreamEnd.FINISHED,
     Input.FAILED: StreamEnd.ERROR,
@@ -106,6 +107,7 @@ class Room:
         self._player: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._expiry: asyncio.TimerHandle | None = None
+        self._live_title = ""
         self.status_channel = status_channel(room_id)
         self.audio_channel = audio_channel(room_id)
 
@@ -125,6 +127,14 @@ class Room:
         async with self._lock:
             await self._apply(given, None)
 
+    async def go_live(self, title: str, frame_seconds: float) -> LiveFeed:
+        """Start a live stream in the room; the caller pushes its packets."""
+        async with self._lock:
+            self._live_title = title
+            await self._apply(Input.LIVE, None)
+            assert self.stream_id is not None
+            return LiveFeed(self, self.stream_id, title, frame_seconds)
+
     async def _apply(self, given: Input, stream_id: int | None) -> None:
         if given in (Input.ENDED, Input.FAILED) and stream_id != self.stream_id:
             return  # news from a stream that was already ended
@@ -138,6 +148,9 @@ class Room:
                 await self._end_stream(END_REASONS[given])
             elif action is Action.START_STREAM:
                 await self._start_stream()
+            elif action is Action.START_LIVE:
+                self.stream_id = next(self._rooms.stream_ids)
+                await self._notice(f"live: {self._live_title}")
         log.debug("%s: %s -> %s on %s", self.id, before.value, self.state.value, given.value)
         await self._publish_frame()
 
@@ -233,6 +246,46 @@ class Room:
             if self.state is RoomState.PLAYING:
                 await self._end_stream(StreamEnd.CLOSED)
                 self.state = RoomState.IDLE
+
+
+class LiveFeed:
+    """Audio someone publishes into a room, relayed as the room's stream.
+
+    The publisher paces it (a microphone is real time by nature); the room
+    relays each packet as it comes. Once Stop, Play or another publication
+    has cut the stream, ``push`` returns False and the packet goes nowhere.
+    """
+
+    def __init__(self, room: Room, stream_id: int, title: str, frame_seconds: float) -> None:
+        self.room = room
+        self.stream_id = stream_id
+        self.title = title
+        self.frame_seconds = frame_seconds
+        self._seq = 0
+
+    @property
+    def live(self) -> bool:
+        return self.room.stream_id == self.stream_id
+
+    async def push(self, packet: bytes) -> bool:
+        if not self.live:
+            return False
+        first = self._seq == 0
+        frame = AudioFrame(
+            self.stream_id,
+            self._seq,
+            packet,
+            is_start=first,
+            title=self.title,
+            frame_seconds=self.frame_seconds,
+        )
+        self._seq += 1
+        await self.room._hub.publish(self.room.audio_channel, frame, droppable=not first)
+        return True
+
+    async def end(self) -> None:
+        async with self.room._lock:
+            await self.room._apply(Input.ENDED, self.stream_id)
 
 
 class Rooms:

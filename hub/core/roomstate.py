@@ -14,10 +14,17 @@ must do. ``Room`` (rooms.py) executes the actions; nothing else decides.
     PLAYING  STOP        IDLE     end stream
     PLAYING  ENDED       IDLE     end stream (the sound ran out)
     PLAYING  FAILED      ERROR    end stream
+    IDLE     LIVE        PLAYING  start live stream
+    PLAYING  LIVE        PLAYING  end stream, start live stream (newest wins)
     ERROR    MODE        IDLE     next mode
     ERROR    PLAY        PLAYING  start stream
     ERROR    STOP        IDLE     -
+    ERROR    LIVE        PLAYING  start live stream
     IDLE/ERROR ENDED/FAILED  same -  (a stale stream's news: ignored)
+
+A live stream is audio someone publishes into the room (a microphone, a
+file sent over TCP); it ends like a sound does (ENDED when the publisher
+finishes), and Stop or Play cut it like any other.
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ class Input(enum.Enum):
     STOP = "stop"
     ENDED = "ended"  # the playing sound finished by itself
     FAILED = "failed"  # the playing sound could not be read or encoded
+    LIVE = "live"  # someone starts publishing audio into the room
 
 
 class Action(enum.Enum):
     NEXT_MODE = "next_mode"
     END_STREAM = "end_stream"
     START_STREAM = "start_stream"
+    START_LIVE = "start_live"
 
 
 TRANSITIONS: dict[tuple[RoomState, Input], tuple[RoomState, tuple[Action, ...]]] = {
@@ -60,6 +69,12 @@ TRANSITIONS: dict[tuple[RoomState, Input], tuple[RoomState, tuple[Action, ...]]]
     (RoomState.ERROR, Input.MODE): (RoomState.IDLE, (Action.NEXT_MODE,)),
     (RoomState.ERROR, Input.PLAY): (RoomState.PLAYING, (Action.START_STREAM,)),
     (RoomState.ERROR, Input.STOP): (RoomState.IDLE, ()),
+    (RoomState.IDLE, Input.LIVE): (RoomState.PLAYING, (Action.START_LIVE,)),
+    (RoomState.PLAYING, Input.LIVE): (
+        RoomState.PLAYING,
+        (Action.END_STREAM, Action.START_LIVE),
+    ),
+    (RoomState.ERROR, Input.LIVE): (RoomState.PLAYING, (Action.START_LIVE,)),
 }
 
 

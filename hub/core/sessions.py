@@ -12,16 +12,22 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
+from typing import Protocol
 
 from hub.clock import Clock
 from hub.core.events import LeaveReason
 from hub.core.ratelimit import TokenBucket
-from hub.core.subscription import Subscription
 from hub.core.tokens import TokenIssuer
 from hub.errors import HubError, NotFound, SessionEnded, Unauthenticated
 from hub.settings import ChatSettings
 
 log = logging.getLogger(__name__)
+
+
+class SessionStream(Protocol):
+    """Anything a session keeps open: ended when the session ends."""
+
+    def close(self, error: HubError | None = None) -> None: ...
 
 
 class Session:
@@ -33,7 +39,7 @@ class Session:
         self.name = name
         self.expires = expires
         self.bucket = bucket
-        self.streams: set[Subscription] = set()
+        self.streams: set[SessionStream] = set()
         self._departure: asyncio.TimerHandle | None = None
         self._expiry: asyncio.TimerHandle | None = None
 
@@ -91,7 +97,7 @@ class Sessions:
         self.end(session, LeaveReason.LOGOUT)
         return session
 
-    def attach(self, session: Session, stream: Subscription) -> None:
+    def attach(self, session: Session, stream: SessionStream) -> None:
         if session.id not in self._live:
             raise Unauthenticated("invalid token")
         session.streams.add(stream)
@@ -99,7 +105,7 @@ class Sessions:
             session._departure.cancel()
             session._departure = None
 
-    def detach(self, session: Session, stream: Subscription) -> None:
+    def detach(self, session: Session, stream: SessionStream) -> None:
         session.streams.discard(stream)
         if not session.streams and session.id in self._live:
             self._schedule_departure(session)

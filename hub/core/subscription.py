@@ -18,11 +18,22 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from hub.core.publication import Publication
 from hub.errors import HubError, SlowConsumer
 
 log = logging.getLogger(__name__)
+
+
+class Subscriber(Protocol):
+    """What the hub hands publications to: never awaited, never blocking."""
+
+    channel: str
+
+    def deliver(self, pub: Publication) -> None: ...
+
+    def close(self, error: HubError | None = None) -> None: ...
 
 
 class Overflow(enum.Enum):

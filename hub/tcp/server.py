@@ -1,0 +1,539 @@
+"""The raw-TCP streaming front door: a thin asyncio shim over ``hub.tcp.codec``.
+
+Bytes in go to the codec (``data_received``); the requests it parses are
+handled in order by one task per connection; frames out go straight to the
+transport. Room audio costs no task at all: the hub hands each publication to
+every listener's ``RoomListener.deliver``, which writes the frame (encoded once
+for all listeners) to that listener's transport, or skips it while the
+listener's send buffer is full. Stream start and end frames are never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import socket
+import time
+from collections import deque
+
+from hub.audio.music import MusicFolder, Track
+from hub.audio.pacer import pace
+from hub.core.events import AudioFrame, StreamEnd
+from hub.core.hub import Hub
+from hub.core.publication import Publication
+from hub.core.ratelimit import TokenBucket
+from hub.core.rooms import Admit, AudioGate, LiveFeed, Room
+from hub.core.sessions import Session
+from hub.errors import Code, HubError, NotFound, Unauthenticated
+from hub.settings import StreamSettings
+from hub.tcp import codec as proto
+
+log = logging.getLogger(__name__)
+
+ERROR_CODES: dict[Code, proto.ErrorCode] = {
+    Code.INVALID_ARGUMENT: proto.ErrorCode.INVALID_ARGUMENT,
+    Code.UNAUTHENTICATED: proto.ErrorCode.UNAUTHENTICATED,
+    Code.PERMISSION_DENIED: proto.ErrorCode.FORBIDDEN,
+    Code.NOT_FOUND: proto.ErrorCode.NOT_FOUND,
+    Code.RESOURCE_EXHAUSTED: proto.ErrorCode.RATE_LIMITED,
+    Code.FAILED_PRECONDITION: proto.ErrorCode.INVALID_ARGUMENT,
+    Code.UNAVAILABLE: proto.ErrorCode.UNAVAILABLE,
+}
+END_REASONS: dict[StreamEnd | None, proto.StreamEndReason] = {
+    StreamEnd.FINISHED: proto.StreamEndReason.FINISHED,
+    StreamEnd.STOPPED: proto.StreamEndReason.STOPPED,
+    StreamEnd.SWITCHED: proto.StreamEndReason.SWITCHED,
+    StreamEnd.ERROR: proto.StreamEndReason.ERROR,
+    StreamEnd.CLOSED: proto.StreamEndReason.STOPPED,
+    None: proto.StreamEndReason.FINISHED,
+}
+# Requests waiting for the connection's handler; past this the shim stops
+# reading the socket until the handler catches up (TCP then pushes back).
+PAUSE_AT = 64
+RESUME_AT = 16
+CLOSED_STATES = (proto.State.CLOSED, proto.State.ERROR)
+# The kernel's send buffer adds its own lag on top of ours; 64 KiB is a few
+# seconds of audio, where the default may grow to megabytes.
+SOCKET_SEND_BUFFER = 64 * 1024
+
+
+# -- room audio, encoded once per publication for every TCP listener ---------
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+def tcp_audio(pub: Publication) -> proto.Prepared:
+    frame: AudioFrame = pub.event
+    return proto.prepare(proto.Audio(frame.stream_id, frame.seq, frame.data))
+
+
+def tcp_start(pub: Publication) -> proto.Prepared:
+    frame: AudioFrame = pub.event
+    return proto.prepare(
+        proto.StreamStart(
+            frame.stream_id,
+            None,
+            proto.fit_text(frame.title, proto.MAX_TITLE_BYTES),
+            _ms(frame.duration),
+            frame_duration_us=round(frame.frame_seconds * 1_000_000),
+        )
+    )
+
+
+def tcp_end(pub: Publication) -> proto.Prepared:
+    frame: AudioFrame = pub.event
+    return proto.prepare(proto.StreamEnd(frame.stream_id, END_REASONS[frame.end_reason]))
+
+
+class RoomListener:
+    """A TCP client in a device room: a hub subscriber that never queues."""
+
+    def __init__(self, client: ClientConnection, room: Room) -> None:
+        self.channel = room.audio_channel
+        self.room = room
+        self._client = client
+        self._gate = AudioGate()
+
+    def deliver(self, pub: Publication) -> None:
+        frame: AudioFrame = pub.event
+        admit = self._gate.admit(frame)
+        if admit is Admit.SKIP:
+            return
+        client = self._client
+        if frame.is_end:
+            client.send_frame(pub.encoded(tcp_end))
+            return
+        if frame.is_start or admit is Admit.SEND_AS_START:
+            client.end_downlink(proto.StreamEndReason.SWITCHED)
+            client.send_frame(pub.encoded(tcp_start))
+        client.send_frame(pub.encoded(tcp_audio), droppable=pub.droppable)
+
+    def close(self, error: HubError | None = None) -> None:
+        if error is not None:
+            self._client.fail_with(error)
+
+
+# -- the server ---------------------------------------------------------------
+
+
+class StreamServer:
+    def __init__(
+        self,
+        hub: Hub,
+        music: MusicFolder | None,
+        settings: StreamSettings | None = None,
+        *,
+        name: str = "hub",
+    ) -> None:
+        self.hub = hub
+        self.music = music
+        self.settings = settings or hub.settings.stream
+        self.name = name
+        self.clients: set[ClientConnection] = set()
+        self._server: asyncio.Server | None = None
+        self._ids = itertools.count(1)
+
+    async def start(self, address: str) -> str:
+        """Listen on ``host:port``; returns it with the real port."""
+        host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self), host or None, int(port), reuse_address=True
+        )
+        bound = self._server.sockets[0].getsockname()
+        where = f"{host}:{bound[1]}"
+        log.info("streaming on %s", where)
+        return where
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for client in list(self.clients):
+            client.fail(proto.ErrorCode.SHUTDOWN, "the server is shutting down")
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def session_id(self) -> str:
+        return f"{secrets.token_hex(3)}{next(self._ids):02x}"[:16]
+
+
+class ClientConnection(asyncio.Protocol):
+    """One TCP client: the codec's events in, frames out, one request at a time."""
+
+    def __init__(self, server: StreamServer) -> None:
+        self.server = server
+        self.hub = server.hub
+        self.settings = server.settings
+        self.codec = proto.Connection(proto.Role.SERVER)
+        self.id = server.session_id()
+        self.skipped = 0  # audio frames skipped because this client lagged
+        self._transport: asyncio.Transport | None = None
+        self._requests: deque[proto.Event] = deque()
+        self._wakeup = asyncio.Event()
+        self._handler: asyncio.Task[None] | None = None
+        self._paused = False
+        self._session: Session | None = None
+        self._player: asyncio.Task[None] | None = None
+        self._room: contextlib.AsyncExitStack | None = None
+        self._room_id: str | None = None
+        self._feed: LiveFeed | None = None
+        self._feed_bucket: TokenBucket | None = None
+        self._feed_warned = 0.0
+        self._feed_uplink: int | None = None
+        self._requests_bucket = TokenBucket(
+            self.settings.request_rate, self.settings.request_burst, self.hub.clock
+        )
+        self._heard = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- transport callbacks ---------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.clients.add(self)
+        loop = asyncio.get_running_loop()
+        self._heard = loop.time()
+        self._idle_timer = loop.call_later(self.settings.idle_timeout, self._check_idle)
+        self._handler = loop.create_task(self._serve(), name=f"tcp client {self.id}")
+        log.debug("%s: connected from %s", self.id, transport.get_extra_info("peername"))
+
+    def data_received(self, data: bytes) -> None:
+        self._heard = asyncio.get_running_loop().time()
+        self.codec.receive_data(data)
+        self._take_events()
+
+    def eof_received(self) -> bool:
+        self.codec.receive_data(b"")
+        self._take_events()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.clients.discard(self)
+        self._transport = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._handler is not None:
+            self._handler.cancel()
+        # Leaving the room, ending a publication and detaching from the
+        # session all await the hub: do it in a task of its own.
+        self.hub.spawn(self._cleanup())
+        log.debug("%s: disconnected (%s)", self.id, exc or "closed")
+
+    def _take_events(self) -> None:
+        for event in self.codec.events():
+            if isinstance(event, proto.ProtocolViolation):
+                log.info("%s: protocol violation: %s", self.id, event.text)
+                self._write(self.codec.error_frame())
+                self._close()
+                return
+            if isinstance(event, proto.ConnectionClosed):
+                self._close()
+                return
+            self._requests.append(event)
+        if self._requests:
+            self._wakeup.set()
+        if len(self._requests) >= PAUSE_AT and not self._paused and self._transport:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        silent = loop.time() - self._heard
+        if silent >= self.settings.idle_timeout:
+            self.fail(proto.ErrorCode.TIMEOUT, f"nothing heard for {silent:.0f} s")
+        else:
+            self._idle_timer = loop.call_later(
+                self.settings.idle_timeout - silent, self._check_idle
+            )
+
+    # -- sending -----------------------------------------------------------
+
+    def send(self, message: proto.Message, *, droppable: bool = False) -> None:
+        self.send_frame(message, droppable=droppable)
+
+    def send_frame(
+        self, message: proto.Message | proto.Prepared, *, droppable: bool = False
+    ) -> None:
+        if self._transport is None or self.codec.state in CLOSED_STATES:
+            return
+        self._write(self.codec.send(message), droppable=droppable)
+
+    def _write(self, data: bytes, *, droppable: bool = False) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        buffered = transport.get_write_buffer_size()
+        if droppable and buffered > self.settings.send_high_water:
+            self.skipped += 1
+            return
+        if buffered > self.settings.send_buffer_max:
+            log.warning("%s: disconnected as slow (%d bytes unsent)", self.id, buffered)
+            self.fail(proto.ErrorCode.SLOW, "too slow: the client does not keep up")
+            return
+        transport.write(data)
+
+    def end_downlink(self, reason: proto.StreamEndReason) -> None:
+        stream_id = self.codec.downlink_stream
+        if stream_id is not None:
+            self.send(proto.StreamEnd(stream_id, reason))
+
+    def fail(self, code: proto.ErrorCode, text: str) -> None:
+        """End the connection with a fatal ERROR (the protocol's last word)."""
+        if self._transport is None:
+            return
+        if self.codec.state in (proto.State.READY, proto.State.AWAITING_WELCOME):
+            with contextlib.suppress(proto.LocalProtocolError):
+                self._transport.write(self.codec.send(proto.Error(code, text, fatal=True)))
+        self._close()
+
+    def fail_with(self, error: HubError) -> None:
+        self.fail(ERROR_CODES[error.code], error.message)
+
+    def close(self, error: HubError | None = None) -> None:
+        """The chat session behind this connection ended."""
+        self.fail(proto.ErrorCode.UNAUTHENTICATED, error.message if error else "logged out")
+
+    def _close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    # -- requests ------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        try:
+            while True:
+                while not self._requests:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                event = self._requests.popleft()
+                if self._paused and len(self._requests) <= RESUME_AT and self._transport:
+                    self._paused = False
+                    self._transport.resume_reading()
+                await self._handle(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: request failed", self.id)
+            self.fail(proto.ErrorCode.INTERNAL, "internal error")
+
+    async def _handle(self, event: proto.Event) -> None:
+        if isinstance(event, proto.Hello):
+            await self._hello(event)
+            return
+        if isinstance(event, proto.Audio):
+            await self._publish_packet(event)
+            return
+        if isinstance(event, proto.Ping):
+            self.send(proto.Pong(event.nonce))
+            return
+        if isinstance(event, proto.Pong):
+            return
+        request = type(event).TYPE  # type: ignore[union-attr]
+        if not self._requests_bucket.take():
+            self.send(
+                proto.Error(
+                    proto.ErrorCode.RATE_LIMITED, "too many requests", fatal=False, request=request
+                )
+            )
+            return
+        try:
+            await self._request(event)
+        except HubError as error:
+            self.send(
+                proto.Error(ERROR_CODES[error.code], error.message, fatal=False, request=request)
+            )
+
+    async def _request(self, event: proto.Event) -> None:
+        if isinstance(event, proto.ListTracks):
+            await self._list()
+        elif isinstance(event, proto.Play):
+            await self._play(event.track_id)
+        elif isinstance(event, proto.Stop):
+            await self._stop_track(proto.StreamEndReason.STOPPED)
+        elif isinstance(event, proto.Join):
+            await self._join(event.room)
+        elif isinstance(event, proto.Leave):
+            await self._leave(proto.StreamEndReason.STOPPED)
+        elif isinstance(event, proto.PublishStart):
+            await self._publish_start(event)
+        elif isinstance(event, proto.PublishEnd):
+            await self._publish_end()
+        elif isinstance(event, proto.Error):
+            log.info("%s: client reports %s: %s", self.id, event.code.label, event.text)
+
+    async def _hello(self, hello: proto.Hello) -> None:
+        if self.server.hub.closing:
+            self.fail(proto.ErrorCode.SHUTDOWN, "the server is shutting down")
+            return
+        if len(self.server.clients) > self.settings.max_connections:
+            self.fail(proto.ErrorCode.UNAVAILABLE, "the server is full")
+            return
+        user = None
+        if hello.token:
+            try:
+                self._session = self.hub.sessions.authenticate(hello.token)
+            except HubError as error:
+                self.fail_with(error)
+                return
+            self.hub.sessions.attach(self._session, self)
+            user = self._session.name
+        elif self.settings.require_token:
+            self.fail(proto.ErrorCode.UNAUTHENTICATED, "this server requires a token")
+            return
+        self.send(
+            proto.Welcome(
+                proto.PROTOCOL_VERSION,
+                self.server.name,
+                self.id,
+                user=proto.fit_text(user, proto.MAX_NAME_BYTES) if user else None,
+                idle_timeout_ms=round(self.settings.idle_timeout * 1000),
+            )
+        )
+        log.info(
+            "%s: %r says hello%s",
+            self.id,
+            hello.client_name,
+            f" as {self._session.id}" if self._session else "",
+        )
+
+    async def _list(self) -> None:
+        music = self.server.music
+        tracks = [] if music is None else await asyncio.to_thread(music.scan)
+        infos = [
+            proto.TrackInfo(t.id, proto.fit_text(t.title, proto.MAX_TITLE_BYTES), _ms(t.duration))
+            for t in tracks
+        ]
+        for page in proto.list_result_pages(infos, self.codec.peer_max_frame_size):
+            self.send(page)
+
+    async def _play(self, track_id: int) -> None:
+        music = self.server.music
+        track = None if music is None else music.get(track_id)
+        if track is None:
+            raise NotFound(f"no track {track_id} (send LIST for the current ids)")
+        await self._leave(proto.StreamEndReason.SWITCHED)
+        await self._stop_track(proto.StreamEndReason.SWITCHED)
+        stream_id = next(self.hub.rooms.stream_ids)
+        opus = self.hub.rooms.opus
+        self.send(
+            proto.StreamStart(
+                stream_id,
+                track.id,
+                proto.fit_text(track.title, proto.MAX_TITLE_BYTES),
+                _ms(track.duration),
+                frame_duration_us=round(opus.frame_ms * 1000),
+            )
+        )
+        self._player = asyncio.get_running_loop().create_task(
+            self._play_track(track, stream_id), name=f"tcp {self.id} track {track.id}"
+        )
+        log.info("%s: playing %d %r as stream %d", self.id, track.id, track.title, stream_id)
+
+    async def _play_track(self, track: Track, stream_id: int) -> None:
+        rooms = self.hub.rooms
+        encoded = rooms.cache.get(track.sound, rooms.opus)
+        reason = proto.StreamEndReason.FINISHED
+        try:
+            async for seq, packet in pace(
+                encoded.reader(), rooms.opus.frame_seconds, self.hub.clock
+            ):
+                self.send(proto.Audio(stream_id, seq, packet), droppable=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: cannot play %r", self.id, track.title)
+            reason = proto.StreamEndReason.ERROR
+        self._player = None
+        if self.codec.downlink_stream == stream_id:
+            self.send(proto.StreamEnd(stream_id, reason))
+
+    async def _stop_track(self, reason: proto.StreamEndReason) -> None:
+        player, self._player = self._player, None
+        if player is None:
+            return
+        player.cancel()
+        # Once cancelled it sends nothing more: the end frame is the last.
+        self.end_downlink(reason)
+        with contextlib.suppress(asyncio.CancelledError):
+            await player
+
+    def _check_room_access(self, room_id: str) -> None:
+        if self.hub.settings.devices.requires_token(room_id) and self._session is None:
+            raise Unauthenticated(f"room {room_id} requires a token in HELLO")
+
+    async def _join(self, room_id: str) -> None:
+        self._check_room_access(room_id)
+        room = self.hub.rooms.get(room_id)
+        await self._stop_track(proto.StreamEndReason.SWITCHED)
+        await self._leave(proto.StreamEndReason.SWITCHED)
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(self.hub.rooms.join(room.id, "a listener"))
+        await stack.enter_async_context(self.hub.attach(RoomListener(self, room)))
+        self._room, self._room_id = stack, room.id
+        self.send(proto.Joined(room.id))
+        log.info("%s: joined room %s", self.id, room.id)
+
+    async def _leave(self, reason: proto.StreamEndReason) -> None:
+        stack, room_id = self._room, self._room_id
+        if stack is None or room_id is None:
+            return
+        self._room = self._room_id = None
+        await stack.aclose()
+        self.end_downlink(reason)
+        self.send(proto.Left(room_id))
+
+    async def _publish_start(self, start: proto.PublishStart) -> None:
+        self._check_room_access(start.room)
+        room = self.hub.rooms.get(start.room)
+        title = start.title or (self._session.name if self._session else "live")
+        await self._publish_end()
+        self._feed = await room.go_live(title, start.frame_duration_us / 1_000_000)
+        self._feed_uplink = start.stream_id
+        packets_per_second = 1_000_000 / start.frame_duration_us
+        # Real time, with a second of audio as burst for network jitter.
+        self._feed_bucket = TokenBucket(packets_per_second, packets_per_second, self.hub.clock)
+        log.info("%s: publishing %r into room %s", self.id, title, room.id)
+
+    async def _publish_packet(self, audio: proto.Audio) -> None:
+        feed, bucket = self._feed, self._feed_bucket
+        if feed is None or bucket is None or audio.stream_id != self._feed_uplink:
+            return  # refused or cut: what crossed the refusal is discarded
+        if not bucket.take():
+            now = time.monotonic()
+            if now - self._feed_warned >= 1.0:
+                self._feed_warned = now
+                self.send(
+                    proto.Error(
+                        proto.ErrorCode.RATE_LIMITED,
+                        "audio faster than real time: excess dropped",
+                        fatal=False,
+                        request=proto.FrameType.AUDIO,
+                    )
+                )
+            return
+        await feed.push(audio.packet)
+
+    async def _publish_end(self) -> None:
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            await feed.end()
+
+    async def _cleanup(self) -> None:
+        await self._stop_track(proto.StreamEndReason.STOPPED)
+        if self._room is not None:
+            stack, self._room = self._room, None
+            await stack.aclose()
+        await self._publish_end()
+        if self._session is not None:
+            self.hub.sessions.detach(self._session, self)

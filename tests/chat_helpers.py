@@ -1,0 +1,175 @@
+"""A small test client for the Chat service, over a real grpc.aio channel.
+
+Waits are bounded by ``asyncio.wait_for``; nothing here sleeps to synchronise,
+except ``eventually``, which polls a condition the hub exposes until a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
+
+import grpc
+
+from hub.core.chat import CHANNEL
+from hub.core.hub import Hub
+from hub.proto import chat_pb2, chat_pb2_grpc
+from hub.rpc.chat import TOKEN_HEADER
+from hub.rpc.server import GrpcServer
+
+Event: TypeAlias = chat_pb2.StreamResponse
+
+PASSWORD = "super-secret"
+SECRET = b"0123456789abcdef0123456789abcdef01234567"  # 40 bytes, as HUB_TOKEN_SECRET
+TIMEOUT_FACTOR = float(os.environ.get("HUB_TEST_TIMEOUT_FACTOR", "1"))
+
+
+def timeout(seconds: float = 5.0) -> float:
+    """A sanity bound for one wait, scaled for slow machines."""
+    return seconds * TIMEOUT_FACTOR
+
+
+# -- What the conftest fixtures hand out --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServedHub:
+    """A running hub and the gRPC server in front of it."""
+
+    hub: Hub
+    address: str
+    server: GrpcServer
+
+    def __iter__(self) -> Iterator[Hub | str]:
+        # ``hub, address = served`` (the server is there for stop tests).
+        yield self.hub
+        yield self.address
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """The App's stop sequence: the shutdown event to every stream, then the server."""
+        await self.hub.shutdown()
+        await self.server.stop(grace)
+
+
+ServeHub = Callable[..., Awaitable[ServedHub]]
+
+
+class OpenChannel(Protocol):
+    def __call__(
+        self, address: str, options: Sequence[tuple[str, Any]] = ()
+    ) -> grpc.aio.Channel: ...
+
+
+async def eventually(condition: Callable[[], bool], what: str, seconds: float = 5.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``seconds`` (a sanity bound)."""
+    deadline = time.monotonic() + timeout(seconds)
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.005)
+
+
+async def wait_subscribers(hub: Hub, count: int) -> None:
+    """Until exactly ``count`` streams are subscribed to the chat room."""
+    await eventually(lambda: hub.subscriber_count(CHANNEL) == count, f"{count} chat subscribers")
+
+
+def chat_stub(channel: grpc.aio.Channel) -> chat_pb2_grpc.ChatStub:
+    return chat_pb2_grpc.ChatStub(channel)  # type: ignore[no-untyped-call]
+
+
+async def login(channel: grpc.aio.Channel, name: str, password: str = PASSWORD) -> str:
+    stub = chat_stub(channel)
+    response = await asyncio.wait_for(
+        stub.Login(chat_pb2.LoginRequest(name=name, password=password)), timeout()
+    )
+    assert response.token
+    return str(response.token)
+
+
+async def logout(channel: grpc.aio.Channel, token: str) -> None:
+    stub = chat_stub(channel)
+    await asyncio.wait_for(stub.Logout(chat_pb2.LogoutRequest(token=token)), timeout())
+
+
+async def rpc_error(awaitable: Awaitable[object]) -> grpc.aio.AioRpcError:
+    """The error a call fails with; fails the test if it succeeds."""
+    try:
+        await asyncio.wait_for(awaitable, timeout())
+    except grpc.aio.AioRpcError as error:
+        return error
+    raise AssertionError("the call succeeded")
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """How a stream ended: the events read before the end, and its status."""
+
+    events: list[Event]
+    code: grpc.StatusCode
+    details: str
+
+
+class Stream:
+    """One ``Stream`` call: send lines, read events, see how it ended."""
+
+    def __init__(self, channel: grpc.aio.Channel, token: str | None) -> None:
+        stub = chat_stub(channel)
+        metadata = () if token is None else ((TOKEN_HEADER, token),)
+        self.call = stub.Stream(metadata=metadata)
+
+    async def send(self, text: str) -> None:
+        await asyncio.wait_for(self.call.write(chat_pb2.StreamRequest(message=text)), timeout())
+
+    async def next(self, seconds: float = 5.0) -> Event:
+        """The next event; fails if the stream ends instead."""
+        event = await asyncio.wait_for(self.call.read(), timeout(seconds))
+        if event is grpc.aio.EOF:
+            raise AssertionError("the stream ended")
+        assert isinstance(event, Event)
+        return event
+
+    async def next_message(self) -> tuple[str, str]:
+        """The next event, which must be a client_message: (name, message)."""
+        event = await self.next()
+        assert event.WhichOneof("event") == "client_message", event
+        return event.client_message.name, event.client_message.message
+
+    async def skip_to(self, predicate: Callable[[Event], bool]) -> list[Event]:
+        """Read up to and including the first event matching; returns all read."""
+        seen: list[Event] = []
+        while True:
+            seen.append(await self.next())
+            if predicate(seen[-1]):
+                return seen
+
+    async def end(self, seconds: float = 5.0) -> Ended:
+        """Read until the stream ends; every event read, then its status."""
+        events: list[Event] = []
+
+        async def drain() -> Ended:
+            while True:
+                try:
+                    event = await self.call.read()
+                except grpc.aio.AioRpcError as error:
+                    return Ended(events, error.code(), error.details() or "")
+                if event is grpc.aio.EOF:
+                    return Ended(events, await self.call.code(), await self.call.details())
+                events.append(event)
+
+        return await asyncio.wait_for(drain(), timeout(seconds))
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+
+def kind(event: Event) -> str:
+    return str(event.WhichOneof("event"))
+
+
+def is_message(text: str) -> Callable[[Event], bool]:
+    return lambda event: kind(event) == "client_message" and event.client_message.message == text

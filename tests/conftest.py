@@ -1,0 +1,103 @@
+"""Shared fixtures: a real Hub behind a real grpc.aio server on 127.0.0.1, port 0.
+
+- ``token_secret``: the signing secret every test hub uses (40 bytes).
+- ``hub_settings``: the Settings ``hub_server`` starts with; override it in a
+  module (redefine the fixture) or per test
+  (``@pytest.mark.parametrize("hub_settings", [...], indirect=True)``).
+- ``hub_options``: more keyword arguments for ``Hub(...)`` in ``hub_server``
+  (e.g. ``library=``); none by default.
+- ``serve_hub``: a factory, ``await serve_hub(settings, clock=..., **hub_options)``,
+  that starts one more hub and server and stops them at teardown.
+- ``hub_server``: one running hub with ``hub_settings``: a ``ServedHub`` that
+  unpacks as ``hub, address = hub_server``.
+- ``open_channel``: a factory, ``open_channel(address, options=())``, of
+  insecure channels, closed at teardown.
+- ``channel``: a channel to ``hub_server``.
+
+Their types (``ServedHub``, ``ServeHub``, ``OpenChannel``), the constants and
+the wait helpers (``timeout``, ``eventually``) live in ``chat_helpers``: import
+that, never ``conftest`` (each test folder has its own). Every timeout is a
+sanity bound scaled by ``HUB_TEST_TIMEOUT_FACTOR``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from chat_helpers import PASSWORD, SECRET, OpenChannel, ServedHub, ServeHub
+
+from hub.clock import Clock
+from hub.core.hub import Hub
+from hub.rpc.server import GrpcServer
+from hub.settings import ChatSettings, Settings
+
+
+@pytest.fixture
+def token_secret() -> bytes:
+    return SECRET
+
+
+@pytest.fixture
+def hub_settings(request: pytest.FixtureRequest) -> Settings:
+    param = getattr(request, "param", None)
+    if param is not None:
+        assert isinstance(param, Settings)
+        return param
+    return Settings(chat=ChatSettings(password=PASSWORD))
+
+
+@pytest_asyncio.fixture
+async def serve_hub(token_secret: bytes) -> AsyncIterator[ServeHub]:
+    async with AsyncExitStack() as stack:
+
+        async def serve(
+            settings: Settings | None = None, *, clock: Clock | None = None, **options: Any
+        ) -> ServedHub:
+            settings = settings or Settings(chat=ChatSettings(password=PASSWORD))
+            hub = Hub(settings, clock=clock, secret=token_secret, **options)
+            await hub.start()
+            stack.push_async_callback(hub.close)
+            server = GrpcServer(hub, ["127.0.0.1:0"])
+            (address,) = await server.start()
+            stack.push_async_callback(server.stop, 0)
+            # Ends open streams first so stopping the server never waits on them.
+            stack.push_async_callback(hub.shutdown)
+            return ServedHub(hub, address, server)
+
+        yield serve
+
+
+@pytest.fixture
+def hub_options() -> dict[str, Any]:
+    return {}
+
+
+@pytest_asyncio.fixture
+async def hub_server(
+    serve_hub: ServeHub, hub_settings: Settings, hub_options: dict[str, Any]
+) -> ServedHub:
+    return await serve_hub(hub_settings, **hub_options)
+
+
+@pytest_asyncio.fixture
+async def open_channel() -> AsyncIterator[OpenChannel]:
+    channels: list[grpc.aio.Channel] = []
+
+    def open_(address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(address, options=options)
+        channels.append(channel)
+        return channel
+
+    yield open_
+    for channel in channels:
+        await channel.close()
+
+
+@pytest_asyncio.fixture
+async def channel(hub_server: ServedHub, open_channel: OpenChannel) -> grpc.aio.Channel:
+    return open_channel(hub_server.address)

@@ -1,0 +1,504 @@
+"""The broadcast core without gRPC: subscriptions, publications, brokers, the hub, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from chat_helpers import SECRET, timeout
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hub.core.broker import MemoryBroker, PublicationHandler
+from hub.core.chat import CHANNEL, check_message, check_name
+from hub.core.events import LeaveReason, ServerShutdown, UserJoined, UserLeft, UserMessage
+from hub.core.hub import Hub
+from hub.core.publication import Publication
+from hub.core.ratelimit import TokenBucket
+from hub.core.subscription import Overflow, Subscription
+from hub.core.tokens import TokenIssuer, load_secret
+from hub.errors import (
+    HubError,
+    InvalidArgument,
+    NotFound,
+    RateLimited,
+    SlowConsumer,
+    Unauthenticated,
+    Unavailable,
+)
+from hub.settings import ChatSettings, Settings
+
+
+class FakeClock:
+    """Time that moves only when told to."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.now
+
+    async def sleep_until(self, deadline: float) -> None:
+        raise NotImplementedError
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def pub(event: Any = "e", *, droppable: bool = False, channel: str = "c") -> Publication:
+    return Publication(channel, event, 0.0, droppable=droppable)
+
+
+def queued(subscription: Subscription) -> list[Any]:
+    return [p.event for p in subscription.drain()]
+
+
+# -- Subscription ------------------------------------------------------------------
+
+
+def test_subscription_needs_room_for_one() -> None:
+    with pytest.raises(ValueError):
+        Subscription("c", maxlen=0, overflow=Overflow.DISCONNECT)
+
+
+@pytest.mark.asyncio
+async def test_disconnect_policy_cuts_a_full_subscriber_with_slow_consumer() -> None:
+    closed: list[Subscription] = []
+    sub = Subscription("c", maxlen=3, overflow=Overflow.DISCONNECT, on_close=closed.append)
+    for n in range(3):
+        sub.deliver(pub(n))
+    assert len(sub) == 3 and not sub.closed
+    sub.deliver(pub(3))
+    assert sub.closed
+    assert closed == [sub]
+    # The queue is discarded: the consumer learns why at once.
+    with pytest.raises(SlowConsumer, match="more than 3 events queued"):
+        await anext(sub)
+    sub.deliver(pub(4))  # ignored after close, never raises
+    assert len(sub) == 0
+
+
+@pytest.mark.asyncio
+async def test_disconnect_policy_never_drops_a_droppable_item_silently() -> None:
+    sub = Subscription("c", maxlen=2, overflow=Overflow.DISCONNECT)
+    sub.deliver(pub(0, droppable=True))
+    sub.deliver(pub(1, droppable=True))
+    sub.deliver(pub(2, droppable=True))
+    assert sub.closed and sub.dropped == 0
+
+
+def test_drop_oldest_skips_the_oldest_droppable_and_keeps_markers() -> None:
+    sub = Subscription("c", maxlen=4, overflow=Overflow.DROP_OLDEST)
+    sub.deliver(pub("start", droppable=False))
+    for n in range(3):
+        sub.deliver(pub(n, droppable=True))
+    sub.deliver(pub(3, droppable=True))  # full: frame 0 goes
+    sub.deliver(pub(4, droppable=True))  # frame 1 goes
+    sub.deliver(pub("end", droppable=False))  # frame 2 goes
+    assert not sub.closed
+    assert sub.dropped == 3
+    assert queued(sub) == ["start", 3, 4, "end"]
+
+
+def test_drop_oldest_skips_a_frame_between_markers() -> None:
+    sub = Subscription("c", maxlen=3, overflow=Overflow.DROP_OLDEST)
+    sub.deliver(pub("end 1"))
+    sub.deliver(pub("frame", droppable=True))
+    sub.deliver(pub("start 2"))
+    sub.deliver(pub("next", droppable=True))
+    assert queued(sub) == ["end 1", "start 2", "next"]
+    assert sub.dropped == 1
+
+
+def test_drop_oldest_with_only_markers_queued_disconnects() -> None:
+    # Markers are never dropped, so a queue full of them has no room to make.
+    sub = Subscription("c", maxlen=2, overflow=Overflow.DROP_OLDEST)
+    sub.deliver(pub("start"))
+    sub.deliver(pub("end"))
+    sub.deliver(pub("frame", droppable=True))
+    assert sub.closed
+    assert sub.dropped == 0
+
+
+@given(
+    st.lists(st.booleans(), max_size=60),
+    st.integers(min_value=1, max_value=8),
+)
+def test_drop_oldest_never_loses_a_marker_or_reorders(flags: list[bool], maxlen: int) -> None:
+    sub = Subscription("c", maxlen=maxlen, overflow=Overflow.DROP_OLDEST)
+    markers_sent = 0
+    for n, droppable in enumerate(flags):
+        sub.deliver(pub(n, droppable=droppable))
+        if sub.closed:
+            break
+        markers_sent += not droppable
+        assert len(sub) <= maxlen
+    if sub.closed:
+        return
+    left = sub.drain()
+    assert [p.event for p in left] == sorted(p.event for p in left)
+    assert sum(not p.droppable for p in left) == markers_sent
+    assert sub.dropped == len(flags) - len(left)
+
+
+@pytest.mark.asyncio
+async def test_graceful_close_hands_out_what_is_queued_then_stops() -> None:
+    sub = Subscription("c", maxlen=8, overflow=Overflow.DISCONNECT)
+    for n in range(3):
+        sub.deliver(pub(n))
+    sub.close()
+    assert [p.event async for p in sub] == [0, 1, 2]
+    sub.close()  # idempotent
+
+
+@pytest.mark.asyncio
+async def test_error_close_discards_the_queue_and_raises() -> None:
+    sub = Subscription("c", maxlen=8, overflow=Overflow.DISCONNECT)
+    sub.deliver(pub(0))
+    error = Unavailable("gone")
+    sub.close(error)
+    with pytest.raises(Unavailable) as raised:
+        await anext(sub)
+    assert raised.value is error
+    sub.close(InvalidArgument("later"))  # the first close wins
+    with pytest.raises(Unavailable):
+        await anext(sub)
+
+
+@pytest.mark.asyncio
+async def test_a_waiting_consumer_wakes_on_delivery_and_on_close() -> None:
+    sub = Subscription("c", maxlen=8, overflow=Overflow.DISCONNECT)
+    waiting = asyncio.ensure_future(anext(sub))
+    await asyncio.sleep(0)  # let it start waiting
+    assert not waiting.done()
+    sub.deliver(pub("x"))
+    assert (await asyncio.wait_for(waiting, timeout())).event == "x"
+    waiting = asyncio.ensure_future(anext(sub))
+    await asyncio.sleep(0)
+    sub.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiting, timeout())
+
+
+@pytest.mark.asyncio
+async def test_a_waiting_consumer_wakes_with_the_error() -> None:
+    sub = Subscription("c", maxlen=1, overflow=Overflow.DISCONNECT)
+    waiting = asyncio.ensure_future(anext(sub))
+    await asyncio.sleep(0)
+    sub.close(SlowConsumer("too slow"))
+    with pytest.raises(SlowConsumer):
+        await asyncio.wait_for(waiting, timeout())
+
+
+# -- Publication -------------------------------------------------------------------
+
+
+def test_publication_encodes_once_per_codec() -> None:
+    calls: list[str] = []
+
+    def proto(p: Publication) -> bytes:
+        calls.append("proto")
+        return f"proto:{p.event}".encode()
+
+    def frame(p: Publication) -> bytes:
+        calls.append("frame")
+        return f"frame:{p.event}".encode()
+
+    publication = pub("hello")
+    first = publication.encoded(proto)
+    for _ in range(100):
+        assert publication.encoded(proto) is first
+    assert publication.encoded(frame) == b"frame:hello"
+    assert publication.encoded(frame) == b"frame:hello"
+    assert first == b"proto:hello"
+    assert calls == ["proto", "frame"]
+    # Another publication has its own cache.
+    assert pub("other").encoded(proto) == b"proto:other"
+    assert calls == ["proto", "frame", "proto"]
+
+
+# -- MemoryBroker ------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_memory_broker_delivers_only_subscribed_channels() -> None:
+    broker = MemoryBroker()
+    got: list[Publication] = []
+    await broker.start(got.append)
+    await broker.publish(pub(0, channel="a"))
+    await broker.subscribe("a")
+    await broker.publish(pub(1, channel="a"))
+    await broker.publish(pub(2, channel="b"))
+    await broker.subscribe("b")
+    await broker.publish(pub(3, channel="b"))
+    await broker.unsubscribe("a")
+    await broker.publish(pub(4, channel="a"))
+    assert [(p.channel, p.event) for p in got] == [("a", 1), ("b", 3)]
+    await broker.close()
+    await broker.publish(pub(5, channel="b"))
+    assert len(got) == 2
+
+
+# -- Hub fan-out ---------------------------------------------------------------------
+
+
+class RecordingBroker(MemoryBroker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+
+    async def start(self, handler: PublicationHandler) -> None:
+        self.calls.append(("start", ""))
+        await super().start(handler)
+
+    async def subscribe(self, channel: str) -> None:
+        self.calls.append(("subscribe", channel))
+        await super().subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.calls.append(("unsubscribe", channel))
+        await super().unsubscribe(channel)
+
+
+def make_hub(broker: RecordingBroker | None = None, **chat: Any) -> Hub:
+    from hub.audio.library import SoundLibrary
+    from hub.audio.sources import long_sound
+
+    return Hub(
+        Settings(chat=ChatSettings(password="pw", **chat)),
+        broker=broker,
+        clock=FakeClock(),
+        secret=SECRET,
+        library=SoundLibrary({0: long_sound(0.01)}),
+    )
+
+
+@pytest.mark.asyncio
+async def test_hub_subscribes_the_broker_for_the_first_and_last_local_subscriber() -> None:
+    broker = RecordingBroker()
+    hub = make_hub(broker)
+    await hub.start()
+    broker.calls.clear()
+    async with hub.subscribe("room", maxlen=8, overflow=Overflow.DISCONNECT) as first:
+        assert broker.calls == [("subscribe", "room")]
+        async with hub.subscribe("room", maxlen=8, overflow=Overflow.DISCONNECT) as second:
+            assert hub.subscriber_count("room") == 2
+            await hub.publish("room", "hi")
+            await hub.publish("elsewhere", "unheard")
+        assert broker.calls == [("subscribe", "room")]
+        assert hub.subscriber_count("room") == 1
+        await hub.publish("room", "again")
+    assert broker.calls == [("subscribe", "room"), ("unsubscribe", "room")]
+    assert hub.subscriber_count("room") == 0
+    assert queued(first) == ["hi", "again"]
+    assert queued(second) == ["hi"]
+    await hub.close()
+
+
+@pytest.mark.asyncio
+async def test_hub_unsubscribes_after_its_last_subscriber_was_cut_as_slow() -> None:
+    broker = RecordingBroker()
+    hub = make_hub(broker)
+    await hub.start()
+    async with hub.subscribe("room", maxlen=1, overflow=Overflow.DISCONNECT) as slow:
+        await hub.publish("room", 1)
+        await hub.publish("room", 2)
+        assert slow.closed
+        assert hub.subscriber_count("room") == 0
+    assert broker.calls[-1] == ("unsubscribe", "room")
+    await hub.close()
+
+
+@pytest.mark.asyncio
+async def test_hub_delivers_the_same_publication_to_every_subscriber() -> None:
+    hub = make_hub()
+    await hub.start()
+    async with (
+        hub.subscribe("room", maxlen=8, overflow=Overflow.DISCONNECT) as a,
+        hub.subscribe("room", maxlen=8, overflow=Overflow.DROP_OLDEST) as b,
+    ):
+        sent = await hub.publish("room", "x")
+        assert sent.time == hub.clock.wall()
+        assert a.drain()[0] is sent
+        assert b.drain()[0] is sent
+    await hub.close()
+
+
+@pytest.mark.asyncio
+async def test_a_full_subscriber_never_holds_back_the_others() -> None:
+    hub = make_hub()
+    await hub.start()
+    async with (
+        hub.subscribe("room", maxlen=2, overflow=Overflow.DISCONNECT) as slow,
+        hub.subscribe("room", maxlen=100, overflow=Overflow.DISCONNECT) as fast,
+    ):
+        for n in range(50):
+            await asyncio.wait_for(hub.publish("room", n), timeout())
+        assert slow.closed
+        assert queued(fast) == list(range(50))
+    await hub.close()
+
+
+# -- The chat room through the core ----------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_chat_login_logout_and_messages_through_the_core() -> None:
+    hub = make_hub()
+    await hub.start()
+    async with hub.subscribe(CHANNEL, maxlen=64, overflow=Overflow.DISCONNECT) as room:
+        with pytest.raises(Unauthenticated, match="password is incorrect"):
+            await hub.chat.login("alice", "wrong")
+        with pytest.raises(InvalidArgument, match="username is required"):
+            await hub.chat.login("", "pw")
+        session, token = await hub.chat.login("alice", "pw")
+        assert hub.chat.authenticate(token) is session
+        await hub.chat.say(session, "hello")
+        await hub.chat.logout(token)
+        with pytest.raises(NotFound, match="token not found"):
+            await hub.chat.logout(token)
+        with pytest.raises(Unauthenticated, match="invalid token"):
+            hub.chat.authenticate(token)
+        # Announcing the departure runs in the background.
+        events = [(await asyncio.wait_for(anext(room), timeout())).event for _ in range(3)]
+    sid = session.id
+    assert events == [
+        UserJoined("alice", sid),
+        UserMessage("alice", sid, "hello"),
+        UserLeft("alice", sid, LeaveReason.LOGOUT),
+    ]
+    await hub.close()
+
+
+@pytest.mark.asyncio
+async def test_chat_rate_limit_and_shutdown_through_the_core() -> None:
+    hub = make_hub(rate_per_second=1, rate_burst=2)
+    await hub.start()
+    clock = hub.clock
+    assert isinstance(clock, FakeClock)
+    session, _ = await hub.chat.login("bob", "pw")
+    await hub.chat.say(session, "1")
+    await hub.chat.say(session, "2")
+    with pytest.raises(RateLimited, match="at most 1 a second"):
+        await hub.chat.say(session, "3")
+    clock.advance(1.0)
+    await hub.chat.say(session, "4")
+    async with hub.subscribe(CHANNEL, maxlen=8, overflow=Overflow.DISCONNECT) as room:
+        await hub.shutdown()
+        assert [p.event async for p in room] == [ServerShutdown()]
+    with pytest.raises(Unavailable):
+        await hub.chat.say(session, "late")
+    with pytest.raises(Unavailable):
+        await hub.chat.login("carol", "pw")
+    await hub.shutdown()  # idempotent
+    await hub.close()
+
+
+# -- TokenBucket ---------------------------------------------------------------------
+
+
+def test_token_bucket_allows_the_burst_then_the_rate() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(rate=4, burst=5, clock=clock)
+    assert [bucket.take() for _ in range(6)] == [True] * 5 + [False]
+    clock.advance(0.125)  # half a token (binary fractions: exact sums)
+    assert not bucket.take()
+    clock.advance(0.125)  # one
+    assert bucket.take()
+    assert not bucket.take()
+    clock.advance(100.0)  # refills only up to the burst
+    assert [bucket.take() for _ in range(6)] == [True] * 5 + [False]
+
+
+def test_token_bucket_rate_zero_is_unlimited() -> None:
+    bucket = TokenBucket(rate=0, burst=0, clock=FakeClock())
+    assert all(bucket.take() for _ in range(10_000))
+
+
+# -- Tokens ------------------------------------------------------------------------
+
+
+def test_token_issuer_verifies_and_expires_on_its_clock() -> None:
+    clock = FakeClock(now=1_000_000.5)
+    issuer = TokenIssuer(SECRET, ttl=60.0, clock=clock)
+    token, expires = issuer.issue("abcd1234", "alice")
+    claims = issuer.verify(token)
+    assert (claims.session_id, claims.name, claims.expires) == ("abcd1234", "alice", expires)
+    assert 60.0 <= expires - clock.now <= 61.0
+    clock.now = expires - 0.001
+    issuer.verify(token)
+    clock.now = expires
+    with pytest.raises(Unauthenticated, match="token expired"):
+        issuer.verify(token)
+    other = TokenIssuer(b"x" * 40, ttl=60.0, clock=clock)
+    with pytest.raises(Unauthenticated, match="invalid token"):
+        other.verify(token)
+
+
+def test_load_secret() -> None:
+    assert load_secret({"HUB_TOKEN_SECRET": "s" * 32}) == b"s" * 32
+    with pytest.raises(ValueError, match="shorter than 32 bytes"):
+        load_secret({"HUB_TOKEN_SECRET": "short"})
+    random_a, random_b = load_secret({}), load_secret({})
+    assert len(random_a) >= 32 and random_a != random_b
+
+
+# -- Names and lines -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["alice", "Zoë", "李雷", "x" * 32, "a b", "🙂"])
+def test_good_names(name: str) -> None:
+    check_name(name, 32)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "username is required"),
+        ("   ", "username is required"),
+        ("x" * 33, "at most 32 characters"),
+        ("a\x1bb", "printable"),
+        ("a\nb", "printable"),
+        ("a\tb", "printable"),
+        ("\u202eevil", "printable"),
+        ("a\u200bb", "printable"),
+        ("a\u2028b", "printable"),
+        ("a\ud800b", "printable"),
+        ("a\ue000b", "printable"),
+    ],
+)
+def test_bad_names(name: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        check_name(name, 32)
+
+
+@pytest.mark.parametrize("text", ["", "hello", "tab\there", "é" * 2048, "m" * 4096, "\u202e"])
+def test_good_messages(text: str) -> None:
+    check_message(text, 4096)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("m" * 4097, "at most 4096 bytes"),
+        ("é" * 2049, "at most 4096 bytes"),
+        ("\x1b[2J", "control characters"),
+        ("a\nb", "control characters"),
+        ("a\rb", "control characters"),
+        ("\x00", "control characters"),
+        ("\x7f", "control characters"),
+        ("\x85", "control characters"),
+    ],
+)
+def test_bad_messages(text: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        check_message(text, 4096)
+
+
+def test_every_refusal_is_a_hub_error() -> None:
+    for error in (InvalidArgument, Unauthenticated, NotFound, RateLimited, SlowConsumer):
+        assert issubclass(error, HubError)

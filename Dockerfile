@@ -1,0 +1,32 @@
+# The hub in one image, run exactly like the reference chat program's:
+#   docker run -p 6262:6262 IMAGE -s -p "super-secret"                      (server)
+#   docker run -i IMAGE -h "chat-server:6262" -p "super-secret" -n "alice"  (client;
+#     -it for the interactive prompt)
+# Port 6262: chat (and every hub service); 50051: where the stock device client
+# dials. Core dependencies only: the Qt device simulator is not in the image.
+FROM python:3.11-slim-bookworm
+
+# libopus0: opuslib binds to it with ctypes at import time.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libopus0 \
+    && rm -rf /var/lib/apt/lists/*
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+COPY . /src
+# The sounds are looked up beside the package (the repository's sounds/);
+# when an installed hub does not find them there, put them where it looks.
+# `hub --help` proves the entry point imports (opuslib finds libopus).
+RUN pip install --no-cache-dir /src \
+    && python -c "import shutil; from hub.audio.library import default_sounds_folder as f; \
+p = f(); p.exists() or shutil.copytree('/src/sounds', p); print('sounds:', p)" \
+    && hub --help > /dev/null \
+    && rm -rf /src
+
+RUN useradd --system --user-group --uid 10001 --no-create-home --home-dir /nonexistent hub
+USER hub
+WORKDIR /tmp
+
+EXPOSE 6262 50051
+ENTRYPOINT ["hub"]

@@ -135,8 +135,18 @@ async def test_login_checks_password_before_name(channel: grpc.aio.Channel) -> N
         "\u202eevil",
         "zero\u200bwidth",
         "line\u2028sep",
+        "<<Server>>",
     ],
-    ids=["too-long", "escape", "newline", "nul", "bidi-override", "zero-width", "line-separator"],
+    ids=[
+        "too-long",
+        "escape",
+        "newline",
+        "nul",
+        "bidi-override",
+        "zero-width",
+        "line-separator",
+        "server-label",
+    ],
 )
 async def test_login_bad_name(channel: grpc.aio.Channel, name: str) -> None:
     error = await rpc_error(

@@ -159,7 +159,9 @@ class ChatClient:
         if not self.token:
             raise RuntimeError("open_stream before login")
         self._call = self._stub.Stream(metadata=((TOKEN_HEADER, self.token),))
-        await self._call.wait_for_connection()
+        # The hub sends its headers once the stream is subscribed (the
+        # reference sends them at once): after this, no event is missed.
+        await self._call.initial_metadata()
 
     async def events(self) -> AsyncIterator[chat_pb2.StreamResponse]:
         """The stream's events until the server ends it.

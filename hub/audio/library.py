@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -24,8 +25,13 @@ log = logging.getLogger(__name__)
 
 
 def default_sounds_folder() -> Path:
-    """The repository's ``sounds/`` folder, found from this package."""
-    return Path(__file__).resolve().parents[2] / "sounds"
+    """The bundled mode sounds: the repository's ``sounds/`` in a checkout,
+    or where an installed hub put them (``share/hub/sounds`` in its prefix,
+    see ``[tool.setuptools.data-files]`` in pyproject.toml)."""
+    checkout = Path(__file__).resolve().parents[2] / "sounds"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "hub" / "sounds"
 
 
 def title_of(path: Path) -> str:

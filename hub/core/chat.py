@@ -42,6 +42,10 @@ def check_name(name: str, max_chars: int) -> None:
         raise InvalidArgument(f"username must be at most {max_chars} characters")
     if any(_unprintable(c) for c in name):
         raise InvalidArgument("username must contain printable characters only")
+    if name.startswith("<<") and name.endswith(">>"):
+        # <<Server>>, <<Client>>, <<Process>>: a peer named so could forge
+        # the lines every client prints for the server and itself.
+        raise InvalidArgument("username must not look like <<Server>>")
 
 
 def check_message(text: str, max_bytes: int) -> None:

@@ -81,6 +81,9 @@ class ChatService:
         if self._hub.closing:
             await abort(context, Unavailable("server is shutting down"))
         async with self._hub.chat.stream(session) as subscription:
+            # Headers go out once the stream is subscribed: a client that waits
+            # for them knows it will see every event from here on.
+            await context.send_initial_metadata(())
             reader = asyncio.create_task(self._read(requests, session, subscription))
             try:
                 async for pub in subscription:

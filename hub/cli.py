@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ref.add_argument("-n", "--name", default="", help="client: your name")
     ref.add_argument("-v", "--verbose", action="store_true", help="debug log")
+    client = parser.add_argument_group("client")
+    client.add_argument(
+        "--room",
+        default="",
+        help="watch this device room; /mode, /play and /stop press its buttons",
+    )
     srv = parser.add_argument_group("server")
     srv.add_argument(
         "--device-address",

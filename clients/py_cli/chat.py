@@ -33,6 +33,7 @@ from clients.py_cli.chat_client import (
     error_text,
     rpc_error_text,
 )
+from clients.py_cli.rooms import RoomControl
 from clients.py_cli.terminal import LineSource, PipeLines, interactive, is_interactive
 from hub.lines import CLIENT, PROCESS, SERVER, Printer
 from hub.proto import chat_pb2
@@ -99,9 +100,20 @@ async def receive(client: ChatClient, printer: Printer) -> Ending:
     return Outcome.CLOSED
 
 
-async def type_lines(client: ChatClient, source: LineSource) -> Ending | None:
-    """Send every line read; QUIT at the end of input, None if the stream is gone."""
+async def type_lines(
+    client: ChatClient, source: LineSource, rooms: RoomControl | None = None
+) -> Ending | None:
+    """Send every line read; QUIT at the end of input, None if the stream is gone.
+
+    Lines that are room commands (clients/py_cli/rooms.py) go to the room;
+    ``//command`` sends ``/command`` as a message.
+    """
     while (text := await source.read()) is not None:
+        if rooms is not None and RoomControl.command(text):
+            await rooms.run(text)
+            continue
+        if text.startswith("//") and RoomControl.command(text[1:]):
+            text = text[1:]
         try:
             await client.send(text)
         except (StreamEnded, grpc.RpcError, asyncio.InvalidStateError) as error:
@@ -147,14 +159,18 @@ async def unless_signalled(awaitable: Awaitable[T], signalled: asyncio.Event) ->
 
 
 async def converse(
-    client: ChatClient, printer: Printer, source: LineSource, signalled: asyncio.Event
+    client: ChatClient,
+    printer: Printer,
+    source: LineSource,
+    signalled: asyncio.Event,
+    rooms: RoomControl | None = None,
 ) -> int:
     """Print the room and send typed lines until the conversation ends; the exit status.
 
     ``signalled`` is set by SIGINT or SIGTERM (maybe already): leave as on Ctrl-D.
     """
     receiving = asyncio.create_task(receive(client, printer), name="receive")
-    typing = asyncio.create_task(type_lines(client, source), name="type")
+    typing = asyncio.create_task(type_lines(client, source, rooms), name="type")
     waiting = asyncio.create_task(signalled.wait(), name="signals")
     pending: set[asyncio.Task[Any]] = {receiving, typing, waiting}
     ending: Ending | None = None
@@ -181,6 +197,8 @@ async def converse(
     for task in (typing, receiving, waiting):
         task.cancel()
     await asyncio.gather(typing, receiving, waiting, return_exceptions=True)
+    if rooms is not None:
+        await rooms.close()
     client.close_stream()
 
     printer.line(CLIENT, "logging out")
@@ -227,8 +245,14 @@ async def chat(args: argparse.Namespace, printer: Printer) -> int:
             printer.line(CLIENT, "connected to stream")
             if is_interactive():
                 with interactive(printer.color) as (prompt, screen):
-                    return await converse(client, screen, prompt, signalled)
-            return await converse(client, printer, PipeLines(), signalled)
+                    rooms = RoomControl(client.channel, client.token, screen)
+                    if args.room:
+                        await rooms.watch(args.room)
+                    return await converse(client, screen, prompt, signalled, rooms)
+            rooms = RoomControl(client.channel, client.token, printer)
+            if args.room:
+                await rooms.watch(args.room)
+            return await converse(client, printer, PipeLines(), signalled, rooms)
     finally:
         await client.close()
 

@@ -136,6 +136,10 @@ class ChatClient:
         self._confirmed = asyncio.Event()
         self._confirmed.set()
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self._channel
+
     async def connect(self) -> None:
         """Wait until the channel is connected; ``ConnectTimeout`` after ``connect_timeout``."""
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +46,16 @@ class MusicFolder:
         # rescan opens only files that are new or changed.
         self._known: dict[Path, tuple[tuple[int, int], Track]] = {}
         self._tracks: dict[int, Track] = {}
+        # Scans run in worker threads, one per request: without this, two at
+        # once could give one new file two ids, or retire one still in use.
+        self._lock = threading.Lock()
 
     def scan(self) -> list[Track]:
         """Read the folder again (blocking: run it in a worker thread)."""
+        with self._lock:
+            return self._scan()
+
+    def _scan(self) -> list[Track]:
         if not self.path.is_dir():
             raise FileNotFoundError(f"no music folder at {self.path}")
         files = sorted(

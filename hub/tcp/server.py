@@ -58,6 +58,9 @@ CLOSED_STATES = (proto.State.CLOSED, proto.State.ERROR)
 # The kernel's send buffer adds its own lag on top of ours; 64 KiB is a few
 # seconds of audio, where the default may grow to megabytes.
 SOCKET_SEND_BUFFER = 64 * 1024
+# How long ``StreamServer.close`` waits for clients to take their shutdown
+# ERROR and hang up before it cuts the rest off: inside the app's stop budget.
+CLOSE_GRACE = 1.0
 
 
 # -- room audio, encoded once per publication for every TCP listener ---------
@@ -137,6 +140,7 @@ class StreamServer:
         self.clients: set[ClientConnection] = set()
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
+        self._no_clients = asyncio.Event()  # set whenever ``clients`` empties
 
     async def start(self, address: str) -> str:
         """Listen on ``host:port``; returns it with the real port."""
@@ -150,13 +154,32 @@ class StreamServer:
         log.info("streaming on %s", where)
         return where
 
-    async def close(self) -> None:
+    async def close(self, grace: float = CLOSE_GRACE) -> None:
+        """Stop listening, send every client ERROR(shutdown), and wait up to
+        ``grace`` for them to hang up; cut off whoever is left."""
         if self._server is not None:
             self._server.close()
         for client in list(self.clients):
             client.fail(proto.ErrorCode.SHUTDOWN, "the server is shutting down")
+        # (Python 3.11's Server.wait_closed does not wait for connections.)
+        await self._wait_for_no_clients(grace)
+        for client in list(self.clients):
+            client.abort()
+        await self._wait_for_no_clients(grace)
         if self._server is not None:
             await self._server.wait_closed()
+
+    async def _wait_for_no_clients(self, timeout: float) -> None:
+        if self.clients:
+            self._no_clients.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._no_clients.wait()
+
+    def forget(self, client: ClientConnection) -> None:
+        self.clients.discard(client)
+        if not self.clients:
+            self._no_clients.set()
 
     def session_id(self) -> str:
         return f"{secrets.token_hex(3)}{next(self._ids):02x}"[:16]
@@ -190,6 +213,8 @@ class ClientConnection(asyncio.Protocol):
         )
         self._heard = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._linger: asyncio.TimerHandle | None = None
 
     # -- transport callbacks ---------------------------------------------
 
@@ -219,10 +244,11 @@ class ClientConnection(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.clients.discard(self)
+        self.server.forget(self)
         self._transport = None
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        for timer in (self._idle_timer, self._linger):
+            if timer is not None:
+                timer.cancel()
         if self._handler is not None:
             self._handler.cancel()
         # Leaving the room, ending a publication and detaching from the
@@ -271,7 +297,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _write(self, data: bytes, *, droppable: bool = False) -> None:
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._closing:
             return
         buffered = transport.get_write_buffer_size()
         if droppable and buffered > self.settings.send_high_water:
@@ -292,7 +318,7 @@ class ClientConnection(asyncio.Protocol):
         """End the connection with a fatal ERROR (the protocol's last word)."""
         if self._transport is None:
             return
-        if self.codec.state in (proto.State.READY, proto.State.AWAITING_WELCOME):
+        if self.codec.state not in CLOSED_STATES:  # legal in every open phase
             with contextlib.suppress(proto.LocalProtocolError):
                 self._transport.write(self.codec.send(proto.Error(code, text, fatal=True)))
         self._close()
@@ -305,8 +331,37 @@ class ClientConnection(asyncio.Protocol):
         self.fail(proto.ErrorCode.UNAUTHENTICATED, error.message if error else "logged out")
 
     def _close(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+        """Close once the frames already queued (a fatal ERROR last) are out.
+
+        Half-close, and read on (the codec discards it) until the client
+        hangs up too: closing outright while its bytes sit unread would make
+        the kernel send a RST, which destroys our queued frames, the ERROR
+        among them. A client that neither reads nor hangs up is cut off after
+        the idle timeout.
+        """
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._closing:
+            return
+        self._closing = True
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except OSError:  # the client is already gone
+            transport.abort()
+            return
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        self._linger = asyncio.get_running_loop().call_later(
+            self.settings.idle_timeout, transport.abort
+        )
+
+    def abort(self) -> None:
+        """Drop the connection now, whatever is still queued."""
+        if self._transport is not None:
+            self._transport.abort()
 
     # -- requests ------------------------------------------------------------
 
@@ -420,6 +475,11 @@ class ClientConnection(asyncio.Protocol):
     async def _play(self, track_id: int) -> None:
         music = self.server.music
         track = None if music is None else music.get(track_id)
+        if track is None and music is not None:
+            # Ids outlive a connection (and a restart): one may be known to the
+            # client but not yet to us, if nobody has listed since we started.
+            await asyncio.to_thread(music.scan)
+            track = music.get(track_id)
         if track is None:
             raise NotFound(f"no track {track_id} (send LIST for the current ids)")
         await self._leave(proto.StreamEndReason.SWITCHED)
@@ -465,8 +525,10 @@ class ClientConnection(asyncio.Protocol):
         player.cancel()
         # Once cancelled it sends nothing more: the end frame is the last.
         self.end_downlink(reason)
-        with contextlib.suppress(asyncio.CancelledError):
-            await player
+        # Not ``await player`` under suppress(CancelledError): that would also
+        # swallow this task's own cancellation (the client went away), and the
+        # handler would carry on, start the next track and wait forever.
+        await asyncio.wait((player,))
 
     def _check_room_access(self, room_id: str) -> None:
         if self.hub.settings.devices.requires_token(room_id) and self._session is None:
@@ -530,6 +592,10 @@ class ClientConnection(asyncio.Protocol):
             await feed.end()
 
     async def _cleanup(self) -> None:
+        if self._handler is not None:
+            # Let the cancelled handler unwind first: nothing it was doing can
+            # then start a player or join a room after this has cleaned up.
+            await asyncio.wait((self._handler,))
         await self._stop_track(proto.StreamEndReason.STOPPED)
         if self._room is not None:
             stack, self._room = self._room, None

@@ -19,6 +19,8 @@ import socket
 import time
 from collections import deque
 
+import soundfile as sf
+
 from hub.audio.music import MusicFolder, Track
 from hub.audio.pacer import pace
 from hub.core.events import AudioFrame, StreamEnd
@@ -205,6 +207,7 @@ class ClientConnection(asyncio.Protocol):
         self._room: contextlib.AsyncExitStack | None = None
         self._room_id: str | None = None
         self._feed: LiveFeed | None = None
+        self._feed_presence: contextlib.AsyncExitStack | None = None
         self._feed_bucket: TokenBucket | None = None
         self._feed_warned = 0.0
         self._feed_uplink: int | None = None
@@ -511,6 +514,11 @@ class ClientConnection(asyncio.Protocol):
                 self.send(proto.Audio(stream_id, seq, packet), droppable=True)
         except asyncio.CancelledError:
             raise
+        except (OSError, sf.SoundFileError) as error:
+            # The file went away or changed since it was listed: the peer's
+            # news, not the server's failure.
+            log.warning("%s: cannot play %r: %s", self.id, track.title, error)
+            reason = proto.StreamEndReason.ERROR
         except Exception:
             log.exception("%s: cannot play %r", self.id, track.title)
             reason = proto.StreamEndReason.ERROR
@@ -560,6 +568,11 @@ class ClientConnection(asyncio.Protocol):
         room = self.hub.rooms.get(start.room)
         title = start.title or (self._session.name if self._session else "live")
         await self._publish_end()
+        # A publisher is present in its room while it publishes, so an
+        # otherwise empty room is not forgotten under it.
+        presence = contextlib.AsyncExitStack()
+        await presence.enter_async_context(self.hub.rooms.join(room.id, "a publisher"))
+        self._feed_presence = presence
         self._feed = await room.go_live(title, start.frame_duration_us / 1_000_000)
         self._feed_uplink = start.stream_id
         packets_per_second = 1_000_000 / start.frame_duration_us
@@ -588,8 +601,11 @@ class ClientConnection(asyncio.Protocol):
 
     async def _publish_end(self) -> None:
         feed, self._feed = self._feed, None
+        presence, self._feed_presence = self._feed_presence, None
         if feed is not None:
             await feed.end()
+        if presence is not None:
+            await presence.aclose()
 
     async def _cleanup(self) -> None:
         if self._handler is not None:

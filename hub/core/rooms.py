@@ -233,8 +233,13 @@ class Room:
             # Nobody hears it: stop the sound, but keep the mode for a while
             # so that a device that reconnects finds its room as it was.
             async with self._lock:
-                if self.state is RoomState.PLAYING:
+                if self.state is RoomState.PLAYING and self.members == 0:
                     await self._apply(Input.STOP, None)
+            self.linger()
+
+    def linger(self) -> None:
+        """Be forgotten after the linger, unless someone joins first."""
+        if self.members == 0 and self._expiry is None:
             self._expiry = asyncio.get_running_loop().call_later(
                 self._rooms.linger, self._rooms.forget, self
             )
@@ -333,6 +338,9 @@ class Rooms:
         if room is None:
             room = self._rooms[room_id] = Room(self, check_room_id(room_id))
             log.info("room %s opened", room_id)
+            # Empty from birth (a watcher or a Press opened it, or a device
+            # about to join): forgotten after the linger unless someone joins.
+            room.linger()
         return room
 
     @asynccontextmanager
@@ -349,6 +357,10 @@ class Rooms:
         if room.members == 0 and self._rooms.get(room.id) is room:
             del self._rooms[room.id]
             log.info("room %s closed after %.0f s empty", room.id, self.linger)
+            # Nobody hears it, yet it may still play (a watcher's Press, a
+            # live feed): left running, its player would go on publishing into
+            # the channel of the next room of that name, which cannot stop it.
+            self.hub.spawn(room.close())
 
     async def close(self) -> None:
         for room in list(self._rooms.values()):

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -26,7 +28,7 @@ from hub.core.hub import Hub
 from hub.core.publication import Publication
 from hub.core.rooms import Admit, AudioGate, Room, check_room_id
 from hub.core.roomstate import Input
-from hub.core.subscription import Overflow
+from hub.core.subscription import Overflow, Subscription
 from hub.errors import HubError, PermissionDenied, Unauthenticated
 from hub.proto import comms_pb2
 from hub.rpc.chat import TOKEN_HEADER
@@ -45,8 +47,8 @@ BUTTONS: dict[int, Input] = {
 
 # Queue bounds per device. Audio: 25 packets of 20 ms is half a second; a
 # device further behind than that skips the oldest audio and catches up
-# (the start and end marks are never skipped). Status: only the newest LED
-# frame matters, so a short queue that drops old frames suffices.
+# (see DeviceAudio for the marks). Status: only the newest LED frame matters,
+# so a short queue that drops old frames suffices.
 AUDIO_QUEUE = 25
 STATUS_QUEUE = 8
 
@@ -79,6 +81,109 @@ def encode_packet_as_start(pub: Publication) -> bytes:
     ).SerializeToString()
 
 
+class DeviceFrames(Subscription):
+    """A device's view of its room's status channel: LED frames only.
+
+    The channel also carries notices, for people watching the room. They are
+    not droppable, so in a busy room (ten devices pressing at once) they
+    would fill this short queue and cut the device's StatusStream as a slow
+    consumer, freezing its LEDs for good. LED frames all are droppable: the
+    queue drops the oldest and the newest always gets through.
+    """
+
+    def deliver(self, pub: Publication) -> None:
+        if isinstance(pub.event, LedFrame):
+            super().deliver(pub)
+
+
+@dataclass(slots=True)
+class _Queued:
+    stream_id: int
+    start: bool  # as the device is sent it (a late joiner's first packet is one)
+    end: bool
+    data: bytes
+
+
+class DeviceAudio:
+    """One device's ServerAudioStream queue: gated as it fills, bounded, never cut.
+
+    The AudioGate runs as each packet is delivered, so the queue holds exactly
+    what the device will be sent, each packet flagged for it. A device that
+    falls ``maxlen`` packets behind loses, oldest first:
+
+    1. plain packets of sound: it skips ahead, as any live listener does;
+    2. when only start and end marks are queued (streams started and cut
+       faster than it reads: many Play presses at once), the oldest stream
+       whose start and end are both still queued, whole: the device never
+       hears a stream that lasted a few milliseconds, and sees no end without
+       its start nor a start without its end. With ``maxlen >= 3`` a queue of
+       marks always holds such a stream (only its first end and its last start
+       can be unpaired).
+
+    It never disconnects the device: ending ServerAudioStream would leave the
+    stock client deaf until Connect is pressed twice.
+    """
+
+    def __init__(self, channel: str, *, maxlen: int, label: str = "") -> None:
+        if maxlen < 3:
+            raise ValueError("maxlen must be at least 3")
+        self.channel = channel
+        self.maxlen = maxlen
+        self.label = label
+        self.dropped = 0
+        self._gate = AudioGate()
+        self._queue: deque[_Queued] = deque()
+        self._wakeup = asyncio.Event()
+        self._closed = False
+
+    def deliver(self, pub: Publication) -> None:
+        frame: AudioFrame = pub.event
+        if self._closed:
+            return
+        admit = self._gate.admit(frame)
+        if admit is Admit.SKIP:
+            return
+        as_start = admit is Admit.SEND_AS_START
+        data = pub.encoded(encode_packet_as_start if as_start else encode_packet)
+        if len(self._queue) >= self.maxlen:
+            self._make_room()
+        self._queue.append(_Queued(frame.stream_id, frame.is_start or as_start, frame.is_end, data))
+        self._wakeup.set()
+
+    def _make_room(self) -> None:
+        queue = self._queue
+        for index, item in enumerate(queue):
+            if not (item.start or item.end):
+                del queue[index]
+                self.dropped += 1
+                return
+        begun: set[int] = set()
+        for item in queue:
+            if item.start:
+                begun.add(item.stream_id)
+            elif item.end and item.stream_id in begun:
+                stream_id = item.stream_id
+                self._queue = deque(q for q in queue if q.stream_id != stream_id)
+                self.dropped += len(queue) - len(self._queue)
+                return
+
+    def close(self, error: HubError | None = None) -> None:
+        """Stop taking packets; what is queued is still handed out."""
+        self._closed = True
+        self._wakeup.set()
+
+    def __aiter__(self) -> DeviceAudio:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self._queue.popleft().data
+
+
 class DeviceService:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
@@ -108,16 +213,14 @@ class DeviceService:
         peer = context.peer()
         reader = asyncio.create_task(self._read_status(room, peer, responses))
         loop = asyncio.get_running_loop()
+        updates = DeviceFrames(
+            room.status_channel,
+            maxlen=STATUS_QUEUE,
+            overflow=Overflow.DROP_OLDEST,
+            label=f"device {room.id} {peer}",
+        )
         try:
-            async with (
-                self._hub.rooms.join(room.id, "a device"),
-                self._hub.subscribe(
-                    room.status_channel,
-                    maxlen=STATUS_QUEUE,
-                    overflow=Overflow.DROP_OLDEST,
-                    label=f"device {room.id} {peer}",
-                ) as updates,
-            ):
+            async with self._hub.rooms.join(room.id, "a device"), self._hub.attach(updates):
                 # The device says nothing until asked: open with the room's
                 # frame, then flash its state LED to show it has connected.
                 yield encode_frame(room.frame)
@@ -176,19 +279,12 @@ class DeviceService:
             room = self._room(context)
         except HubError as error:
             await abort(context, error)
-        gate = AudioGate()
-        async with self._hub.subscribe(
-            room.audio_channel,
-            maxlen=AUDIO_QUEUE,
-            overflow=Overflow.DROP_OLDEST,
-            label=f"audio {room.id} {context.peer()}",
-        ) as packets:
-            async for pub in packets:
-                admit = gate.admit(pub.event)
-                if admit is Admit.SEND:
-                    yield pub.encoded(encode_packet)
-                elif admit is Admit.SEND_AS_START:
-                    yield pub.encoded(encode_packet_as_start)
+        packets = DeviceAudio(
+            room.audio_channel, maxlen=AUDIO_QUEUE, label=f"audio {room.id} {context.peer()}"
+        )
+        async with self._hub.attach(packets):
+            async for data in packets:
+                yield data
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(

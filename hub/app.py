@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from hub.audio.library import SoundLibrary
 from hub.audio.music import MusicFolder
 from hub.core.hub import Hub
-from hub.rpc.server import GrpcServer
+from hub.rpc.server import BindError, GrpcServer
 from hub.settings import Settings
 from hub.tcp.server import StreamServer
 
@@ -47,6 +47,10 @@ class App:
         self.stream = StreamServer(self.hub, music) if addresses.stream else None
         self._stop = asyncio.Event()
 
+    async def grpc_stop_now(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop(0)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -60,7 +64,11 @@ class App:
         await self.hub.start()
         bound = await self.grpc.start() if self.grpc else []
         if self.stream is not None and self.addresses.stream is not None:
-            bound.append(await self.stream.start(self.addresses.stream))
+            try:
+                bound.append(await self.stream.start(self.addresses.stream))
+            except OSError as error:
+                await self.grpc_stop_now()
+                raise BindError(f"{self.addresses.stream}: {error.strerror or error}") from None
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._stop.set)

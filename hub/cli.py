@@ -291,8 +291,8 @@ def music_main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(app.run())
-    except OSError as error:
-        log.error("cannot serve on %s:%d: %s", args.host, args.port, error)
+    except BindError as error:
+        log.error("cannot serve on %s", error)
         return 1
     return 0
 

@@ -169,7 +169,17 @@ class Procs:
     def server(self, *args: str) -> tuple[Proc, int]:
         """A server on 127.0.0.1 (port 0 unless ``args`` say otherwise), and its port."""
         if not args:
-            args = ("-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none")
+            args = (
+                "-s",
+                "-p",
+                PASSWORD,
+                "-h",
+                "127.0.0.1:0",
+                "--device-address",
+                "none",
+                "--stream-address",
+                "none",
+            )
         proc = self.start(*args)
         match = proc.expect(STARTING, seconds=20)
         return proc, int(match["port"])

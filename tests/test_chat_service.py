@@ -775,6 +775,8 @@ async def test_sigterm_stops_the_server_within_five_seconds(open_channel: OpenCh
         "127.0.0.1:0",
         "--device-address",
         "none",
+        "--stream-address",
+        "none",
         "--rate",
         "0",
         cwd=ROOT,

@@ -174,14 +174,18 @@ def test_no_server_is_a_dial_timeout(procs: Procs) -> None:
     assert time.monotonic() - started < timeout(5)
 
 
-def test_a_server_that_cannot_bind_says_so(procs: Procs) -> None:
+@pytest.mark.parametrize("door", ["chat", "stream"])
+def test_a_server_that_cannot_bind_says_so(procs: Procs, door: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        chat = f"127.0.0.1:{port}" if door == "chat" else "127.0.0.1:0"
+        stream = f"127.0.0.1:{port}" if door == "stream" else "none"
         server = procs.start(
-            "-s", "-p", PASSWORD, "-h", f"127.0.0.1:{port}", "--device-address", "none"
-        )
+            "-s", "-p", PASSWORD, "-h", chat, "--device-address", "none",
+            "--stream-address", stream,
+        )  # fmt: skip
         assert server.wait() == 1
     assert len(server.lines) == 1, server.lines
     line = server.lines[0]
@@ -207,7 +211,10 @@ def test_a_server_that_cannot_bind_says_so(procs: Procs) -> None:
 def test_a_stream_ended_by_the_server_is_a_stream_error(
     procs: Procs, server_args: tuple[str, ...], lines: list[str], error: str
 ) -> None:
-    args = ("-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none", *server_args)
+    args = (
+        "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none",
+        "--stream-address", "none", *server_args,
+    )  # fmt: skip
     server, port = procs.server(*args)
     client = procs.client(port, "flood")
     client.expect_line("<<Client>>: connected to stream")

@@ -133,7 +133,15 @@ def test_the_context_leaves_out_local_state() -> None:
 def test_the_entry_point_runs_the_readme_commands(procs: Procs) -> None:
     # `IMAGE -s -p "super-secret"`, with both of its addresses on loopback.
     server, port = procs.server(
-        "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "127.0.0.1:0"
+        "-s",
+        "-p",
+        PASSWORD,
+        "-h",
+        "127.0.0.1:0",
+        "--device-address",
+        "127.0.0.1:0",
+        "--stream-address",
+        "127.0.0.1:0",
     )
     # `docker run -i IMAGE -h "chat-server:6262" -p "super-secret" -n "alice"`
     alice = procs.start("-h", f"127.0.0.1:{port}", "-p", PASSWORD, "-n", "alice")

@@ -19,9 +19,7 @@ import argparse
 import asyncio
 import enum
 import logging
-import signal
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable
 from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 import grpc
@@ -34,7 +32,13 @@ from clients.py_cli.chat_client import (
     rpc_error_text,
 )
 from clients.py_cli.rooms import RoomControl
-from clients.py_cli.terminal import LineSource, PipeLines, interactive, is_interactive
+from clients.py_cli.terminal import (
+    LineSource,
+    PipeLines,
+    interactive,
+    is_interactive,
+    stop_signals,
+)
 from hub.lines import CLIENT, PROCESS, SERVER, Printer
 from hub.proto import chat_pb2
 
@@ -121,24 +125,6 @@ async def type_lines(
             log.debug("failed to send message: %s", error)
             return None
     return Outcome.QUIT
-
-
-@contextmanager
-def stop_signals(on_signal: asyncio.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set ``on_signal`` instead of killing the process."""
-    loop = asyncio.get_running_loop()
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, on_signal.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
-            continue
-        installed.append(signum)
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
 
 
 class Interrupted(Exception):

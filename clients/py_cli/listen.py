@@ -32,10 +32,9 @@ import contextlib
 import enum
 import io
 import logging
-import signal
 import sys
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,13 +60,12 @@ from clients.py_cli.listen_client import (
     error_text,
 )
 from clients.py_cli.listen_ui import (
-    LineSource,
-    PipeLines,
     PlainScreen,
     Screen,
     is_interactive,
     prompt_terminal,
 )
+from clients.py_cli.terminal import LineSource, PipeLines, stop_signals
 from hub.audio.opus import OpusSettings
 from hub.lines import literal
 from hub.tcp import codec as proto
@@ -291,24 +289,6 @@ async def command_loop(lines: LineSource, client: ListenClient, listener: Listen
             if ending is not None:
                 return ending
     return Ending.EOF
-
-
-@contextlib.contextmanager
-def stop_signals(on_signal: asyncio.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set ``on_signal`` instead of killing the process."""
-    loop = asyncio.get_running_loop()
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, on_signal.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
-            continue
-        installed.append(signum)
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
 
 
 async def unless(awaitable: Awaitable[T], event: asyncio.Event) -> T | None:

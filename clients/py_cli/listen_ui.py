@@ -17,14 +17,12 @@ on Ctrl-C at the prompt.
 
 from __future__ import annotations
 
-import asyncio
-import codecs
 import contextlib
-import os
 import sys
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol, TextIO
+
+from clients.py_cli.terminal import PromptLines
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
@@ -33,12 +31,6 @@ PROMPT = "listen> "
 READ_CHUNK = 4096
 # Seconds between redraws of the prompt's toolbar when nothing else redraws it.
 TOOLBAR_REFRESH = 0.5
-
-
-class LineSource(Protocol):
-    async def read(self) -> str | None:
-        """The next command line; ``None`` when input ends."""
-        ...
 
 
 class Screen(Protocol):
@@ -79,57 +71,6 @@ class PlainScreen:
         self.stream.flush()
 
 
-class PipeLines:
-    """Lines from a file descriptor that is not a terminal prompt, read by a thread.
-
-    A daemon thread with ``os.read``, not ``connect_read_pipe``: it also reads
-    regular files and never makes a shared descriptor non-blocking, and it
-    holds no lock of ``sys.stdin`` that interpreter shutdown would wait for.
-    """
-
-    def __init__(self, fd: int = 0) -> None:
-        self._fd = fd
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._ended = False
-        threading.Thread(target=self._pump, name="stdin-reader", daemon=True).start()
-
-    async def read(self) -> str | None:
-        if self._ended:
-            return None
-        line = await self._queue.get()
-        if line is None:
-            self._ended = True
-        return line
-
-    def _pump(self) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""
-        while True:
-            try:
-                chunk = os.read(self._fd, READ_CHUNK)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            pending += decoder.decode(chunk)
-            *lines, pending = pending.split("\n")
-            for line in lines:
-                if not self._post(line.removesuffix("\r")):
-                    return
-        pending += decoder.decode(b"", final=True)
-        if pending and not self._post(pending.removesuffix("\r")):
-            return
-        self._post(None)
-
-    def _post(self, line: str | None) -> bool:
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, line)
-        except RuntimeError:  # the loop is closed: the program is leaving
-            return False
-        return True
-
-
 class PromptScreen:
     """Lines above the prompt; the status in its bottom toolbar."""
 
@@ -150,21 +91,6 @@ class PromptScreen:
         self._status = text or ""
         if self.session is not None:
             self.session.app.invalidate()
-
-
-class PromptLines:
-    def __init__(self, session: PromptSession[str]) -> None:
-        self._session = session
-
-    async def read(self) -> str | None:
-        try:
-            # SIGINT stays with the program's handler; loop errors are not
-            # turned into "Press ENTER to continue" dialogs.
-            return await self._session.prompt_async(
-                handle_sigint=False, set_exception_handler=False
-            )
-        except (EOFError, KeyboardInterrupt):
-            return None
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -143,3 +144,21 @@ def interactive(color: bool) -> Iterator[tuple[PromptLines, Printer]]:
     with patch_stdout(raw=True):
         session: PromptSession[str] = PromptSession(PROMPT, erase_when_done=True)
         yield PromptLines(session), Printer(sys.stderr, color=color)
+
+
+@contextmanager
+def stop_signals(on_signal: asyncio.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``on_signal`` instead of killing the process."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, on_signal.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+            continue
+        installed.append(signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)

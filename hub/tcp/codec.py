@@ -489,10 +489,7 @@ class Error(_Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Ping(_Message):
-    """Either direction, READY only; the peer answers PONG with the same nonce."""
-
-    TYPE: ClassVar[FrameType] = FrameType.PING
+class _Nonce(_Message):
     nonce: int = 0
 
     def __post_init__(self) -> None:
@@ -507,19 +504,17 @@ class Ping(_Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Pong(_Message):
+class Ping(_Nonce):
+    """Either direction, READY only; the peer answers PONG with the same nonce."""
+
+    TYPE: ClassVar[FrameType] = FrameType.PING
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(_Nonce):
+    """The answer to a PING, echoing its nonce."""
+
     TYPE: ClassVar[FrameType] = FrameType.PONG
-    nonce: int = 0
-
-    def __post_init__(self) -> None:
-        _check_int("nonce", self.nonce, _U64_MAX)
-
-    def _parts(self) -> tuple[bytes, ...]:
-        return (_U64.pack(self.nonce),)
-
-    @classmethod
-    def _read(cls, r: _Reader) -> Self:
-        return cls(r.u64())
 
 
 @dataclass(frozen=True, slots=True)

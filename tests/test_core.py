@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -502,3 +503,16 @@ def test_bad_messages(text: str, message: str) -> None:
 def test_every_refusal_is_a_hub_error() -> None:
     for error in (InvalidArgument, Unauthenticated, NotFound, RateLimited, SlowConsumer):
         assert issubclass(error, HubError)
+
+
+def test_the_log_says_where_the_secret_comes_from_never_what_it_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="hub.core.tokens"):
+        load_secret({})
+        load_secret({"HUB_TOKEN_SECRET": "swordfish" * 4})
+    random_notice, configured = caplog.records
+    assert random_notice.levelno == logging.WARNING
+    assert "random per-process secret" in random_notice.getMessage()
+    assert "HUB_TOKEN_SECRET" in configured.getMessage()
+    assert "swordfish" not in caplog.text

@@ -52,7 +52,7 @@ def load_secret(env: dict[str, str] | None = None) -> bytes:
         secret = Path(path).read_bytes().strip()
         source = f"{SECRET_FILE_ENV} ({path})"
     else:
-        log.info(
+        log.warning(
             "no %s or %s set: signing tokens with a random per-process secret",
             SECRET_ENV,
             SECRET_FILE_ENV,

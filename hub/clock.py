@@ -26,6 +26,8 @@ class SystemClock:
         return time.time()
 
     async def sleep_until(self, deadline: float) -> None:
+        # Always yield, even when the deadline has passed: a pacer that is
+        # behind (a fan-out to 1,000 listeners takes a while) must still let
+        # the loop read sockets between packets, or it starves everyone else.
         delay = deadline - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await asyncio.sleep(delay if delay > 0 else 0)

@@ -186,6 +186,15 @@ class EncodedSound:
             yield packets[index]
             index += 1
 
+    def warm(self) -> None:
+        """Start encoding the first chunk in the background, if nothing is yet.
+
+        For a sound someone is likely to play soon: its first packets are then
+        ready when Play comes, instead of being encoded while the player waits.
+        """
+        if self.shared and not self._packets and not self._done:
+            self._start_fill(self.chunk_packets)
+
     def _start_fill(self, max_packets: int | None) -> asyncio.Task[None]:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(

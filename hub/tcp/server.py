@@ -57,6 +57,9 @@ END_REASONS: dict[StreamEnd | None, proto.StreamEndReason] = {
 PAUSE_AT = 64
 RESUME_AT = 16
 CLOSED_STATES = (proto.State.CLOSED, proto.State.ERROR)
+# LIST warms this many tracks' first second of audio: a screenful of choices,
+# at a bounded cost however large the folder.
+WARM_TRACKS = 64
 # The kernel's send buffer adds its own lag on top of ours; 64 KiB is a few
 # seconds of audio, where the default may grow to megabytes.
 SOCKET_SEND_BUFFER = 64 * 1024
@@ -116,7 +119,13 @@ class RoomListener:
         if frame.is_start or admit is Admit.SEND_AS_START:
             client.end_downlink(proto.StreamEndReason.SWITCHED)
             client.send_frame(pub.encoded(tcp_start))
-        client.send_frame(pub.encoded(tcp_audio), droppable=pub.droppable)
+        audio = pub.encoded(tcp_audio)
+        if client.codec.downlink_stream == frame.stream_id:
+            # The hot path, once per packet per listener: AUDIO of the open
+            # stream moves no state, so its checked bytes go out as they are.
+            client.write(audio.data, droppable=pub.droppable)
+        else:
+            client.send_frame(audio, droppable=pub.droppable)
 
     def close(self, error: HubError | None = None) -> None:
         if error is not None:
@@ -263,7 +272,7 @@ class ClientConnection(asyncio.Protocol):
         for event in self.codec.events():
             if isinstance(event, proto.ProtocolViolation):
                 log.info("%s: protocol violation: %s", self.id, event.text)
-                self._write(self.codec.error_frame())
+                self.write(self.codec.error_frame())
                 self._close()
                 return
             if isinstance(event, proto.ConnectionClosed):
@@ -296,9 +305,9 @@ class ClientConnection(asyncio.Protocol):
     ) -> None:
         if self._transport is None or self.codec.state in CLOSED_STATES:
             return
-        self._write(self.codec.send(message), droppable=droppable)
+        self.write(self.codec.send(message), droppable=droppable)
 
-    def _write(self, data: bytes, *, droppable: bool = False) -> None:
+    def write(self, data: bytes, *, droppable: bool = False) -> None:
         transport = self._transport
         if transport is None or transport.is_closing() or self._closing:
             return
@@ -474,6 +483,11 @@ class ClientConnection(asyncio.Protocol):
         ]
         for page in proto.list_result_pages(infos, self.codec.peer_max_frame_size):
             self.send(page)
+        # Whoever lists is about to play: have each track's first second
+        # encoded by then (about 10 KB and a few ms of CPU a track).
+        rooms = self.hub.rooms
+        for track in tracks[:WARM_TRACKS]:
+            rooms.cache.get(track.sound, rooms.opus).warm()
 
     async def _play(self, track_id: int) -> None:
         music = self.server.music

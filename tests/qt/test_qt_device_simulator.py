@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from conftest import PLAY_SECONDS, DeviceUnderTest, WaitUntil
 from fake_device_server import (
     FRAME,
     GARBAGE,
@@ -19,6 +18,7 @@ from fake_device_server import (
     sine_fraction,
 )
 from PyQt5.QtGui import QColor
+from qt_helpers import PLAY_SECONDS, DeviceUnderTest, WaitUntil
 
 from clients.qt_device.__main__ import build_window, parse_args
 from clients.qt_device.device import Link

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+from raw_client import RawClient, contiguous, refused, scaled
+from tcp_helpers import (
     ALPHA,
     BRAVO,
     CHARLIE,
@@ -31,7 +32,6 @@ from conftest import (
     tone,
     write_tone,
 )
-from raw_client import RawClient, contiguous, refused, scaled
 
 from hub.audio.library import SoundLibrary
 from hub.audio.opus import OpusSettings, encode_blocks

@@ -22,14 +22,11 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from array import array
 from collections import Counter
@@ -39,6 +36,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, cast
 
+from bench.common import HubProcess, machine_busy, server_env, wait_quiet
+
 # -- wire ------------------------------------------------------------------
 
 LOGIN = "/chat.Chat/Login"
@@ -46,7 +45,6 @@ LOGOUT = "/chat.Chat/Logout"
 STREAM = "/chat.Chat/Stream"
 TOKEN_HEADER = "x-chat-token"
 PASSWORD = "bench"
-SECRET = "bench-secret-0123456789-0123456789-abcd"  # 40 chars, for HUB_TOKEN_SECRET
 PROBE = b"bench-probe"
 
 # A benchmark line: publisher (2 digits), sequence (10), send time in ns (19).
@@ -500,110 +498,23 @@ async def _publisher_main(conn: Connection, cfg: dict[str, Any]) -> None:
 # -- the server under test -------------------------------------------------
 
 
-class Server:
-    """The hub as a subprocess, with its CPU and memory watched from outside."""
+class Server(HubProcess):
+    """The hub for one chat scenario: rate limit off, the queue bound passed on."""
 
     def __init__(self, args: argparse.Namespace, log_dir: Path, label: str) -> None:
+        super().__init__(log_dir / f"server-{label}.log")
         self.args = args
-        self.log_path = log_dir / f"server-{label}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.address = ""
-        self._rss_peak = 0
-        self._window_peak = 0
-        self._in_window = False
-        self._stop_sampling = threading.Event()
-        self._sampler: threading.Thread | None = None
 
-    def start(self) -> None:
-        import psutil  # type: ignore[import-untyped]
-
-        env = dict(os.environ, HUB_TOKEN_SECRET=SECRET)
-        env.pop("HUB_TOKEN_SECRET_FILE", None)
-        for item in self.args.server_env:
-            key, _, value = item.partition("=")
-            env[key] = value
-        cmd = [
-            sys.executable,
-            "-m",
+    def start(self) -> None:  # type: ignore[override]
+        super().start(
             self.args.server_module,
-            "-s",
-            "-p",
-            PASSWORD,
-            "-h",
-            "127.0.0.1:0",
-            "--device-address",
-            "none",
-            "--rate",
-            "0",
-            "--queue",
-            str(self.args.queue),
-            *self.args.server_arg,
-        ]
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                env=env,
-                cwd=self.args.server_cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            if match := re.search(r"starting on (\S+):(\d+)", text):
-                self.address = f"{match.group(1)}:{match.group(2)}"
-                break
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{text}")
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
-        self.ps = psutil.Process(self.proc.pid)
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
-
-    def _sample(self) -> None:
-        while not self._stop_sampling.wait(0.1):
-            try:
-                rss = self.ps.memory_info().rss
-            except Exception:
-                return
-            self._rss_peak = max(self._rss_peak, rss)
-            if self._in_window:
-                self._window_peak = max(self._window_peak, rss)
-
-    def window(self, on: bool) -> None:
-        if on:
-            self._window_peak = self.ps.memory_info().rss
-        self._in_window = on
-
-    def cpu(self) -> float:
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
-
-    def vm_hwm_mb(self) -> float | None:
-        try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()  # type: ignore[union-attr]
-        except OSError:
-            return None
-        match = re.search(r"VmHWM:\s+(\d+) kB", status)
-        return int(match.group(1)) / 1024 if match else None
-
-    @property
-    def window_peak_mb(self) -> float:
-        return self._window_peak / 2**20
-
-    def stop(self) -> None:
-        self._stop_sampling.set()
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            [
+                "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none",
+                "--rate", "0", "--queue", str(self.args.queue), *self.args.server_arg,
+            ],
+            env=server_env(self.args.server_env),
+            cwd=self.args.server_cwd,
+        )  # fmt: skip
 
 
 # -- scenarios and targets -------------------------------------------------
@@ -730,30 +641,6 @@ def _cpu(workers: list[Worker]) -> float:
     return total
 
 
-def _busy() -> float:
-    """CPU seconds the whole machine spent busy so far (all cores)."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
-
-
-def wait_quiet(limit_s: float, quiet_pct: float) -> float:
-    """Wait (up to ``limit_s``) for a second in which the machine is nearly idle.
-
-    The machine is shared: anything else running (tests, another benchmark)
-    takes CPU from the server and the clients and spoils the figures. Returns
-    the last second's busy CPU, in % of one core.
-    """
-    deadline = time.monotonic() + limit_s
-    while True:
-        b0, t0 = _busy(), time.monotonic()
-        time.sleep(1.0)
-        pct = 100 * (_busy() - b0) / (time.monotonic() - t0)
-        if pct < quiet_pct or time.monotonic() >= deadline:
-            return pct
-
-
 def _own_cpu() -> float:
     t = os.times()
     return t.user + t.system
@@ -807,7 +694,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
         time.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
         cpu0 = server.cpu()
         sub_cpu0, pub_cpu0 = _cpu(subs), _cpu(pubs)
-        busy0, own0 = _busy(), _own_cpu()
+        busy0, own0 = machine_busy(), _own_cpu()
         server.window(True)
         wall0 = time.monotonic()
         if args.py_spy:
@@ -842,7 +729,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
         wall = time.monotonic() - wall0
         server_cpu = server.cpu() - cpu0
         sub_cpu, pub_cpu = _cpu(subs) - sub_cpu0, _cpu(pubs) - pub_cpu0
-        other_cpu = _busy() - busy0 - (_own_cpu() - own0) - server_cpu - sub_cpu - pub_cpu
+        other_cpu = machine_busy() - busy0 - (_own_cpu() - own0) - server_cpu - sub_cpu - pub_cpu
         server.window(False)
         vm_hwm = server.vm_hwm_mb()
         for w in pubs:

@@ -35,10 +35,8 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +48,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from bench.common import HubProcess, machine_busy, server_env, wait_quiet
+
 SERVICE = "/com.opalcamera.test.DeviceService/"
 AUDIO = SERVICE + "ServerAudioStream"
 STATUS = SERVICE + "StatusStream"
@@ -57,7 +57,6 @@ EVENTS = SERVICE + "EventStream"
 DEVICE_ID = "device_id"
 ROOM = "bench-room"
 PASSWORD = "bench"
-SECRET = "bench-secret-0123456789-0123456789-abcd"  # 40 chars, for HUB_TOKEN_SECRET
 
 START_REQUEST = b"\x08\x01"  # AudioStreamRequest(start=True)
 SUCCESS = b"\x12\x07success"  # DeviceStatusResponse(status="success")
@@ -565,110 +564,25 @@ def _quiet_doors(args: argparse.Namespace) -> list[str]:
     return _DOORS
 
 
-class Server:
-    """The hub as a subprocess, its CPU and memory watched from outside."""
+class Server(HubProcess):
+    """The hub for one device scenario: the long sound, the packet duration."""
 
     def __init__(self, args: argparse.Namespace, log_dir: Path, label: str, frame_ms: float):
+        super().__init__(log_dir / f"server-{label}.log")
         self.args = args
         self.frame_ms = frame_ms
-        self.log_path = log_dir / f"server-{label}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.address = ""
-        self.rss_peak = 0
-        self.cpu_samples: list[tuple[float, float]] = []  # (monotonic, cpu seconds)
-        self._stop = threading.Event()
 
-    def start(self) -> None:
-        import psutil
-
-        env = dict(os.environ, HUB_TOKEN_SECRET=SECRET)
-        env.pop("HUB_TOKEN_SECRET_FILE", None)
-        for item in self.args.server_env:
-            key, _, value = item.partition("=")
-            env[key] = value
-        cmd = [
-            sys.executable,
-            "-m",
+    def start(self) -> None:  # type: ignore[override]
+        super().start(
             self.args.server_module,
-            "-s",
-            "-p",
-            PASSWORD,
-            "-h",
-            "127.0.0.1:0",
-            "--device-address",
-            "none",
-            "--long-sound",
-            "--opus-frame-ms",
-            f"{self.frame_ms:g}",
-            *_quiet_doors(self.args),
-            *self.args.server_arg,
-        ]
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                env=env,
-                cwd=self.args.server_cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            if match := re.search(r"starting on (\S+):(\d+)", text):
-                self.address = f"{match.group(1)}:{match.group(2)}"
-                break
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{text}")
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
-        self.ps = psutil.Process(self.proc.pid)
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                rss = self.ps.memory_info().rss
-                times = self.ps.cpu_times()
-            except Exception:
-                return
-            self.rss_peak = max(self.rss_peak, rss)
-            self.cpu_samples.append((time.monotonic(), times.user + times.system))
-
-    def cpu(self) -> float:
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
-
-    def peak_cpu_pct(self, t0: float, t1: float, span: float = 1.0) -> float:
-        """The busiest ``span`` seconds between t0 and t1, in % of one core."""
-        s = [x for x in self.cpu_samples if t0 <= x[0] <= t1]
-        best, j = 0.0, 0
-        for i in range(len(s)):
-            while s[i][0] - s[j][0] > span:
-                j += 1
-            if s[i][0] - s[j][0] >= span * 0.8:
-                best = max(best, (s[i][1] - s[j][1]) / (s[i][0] - s[j][0]))
-        return 100 * best
-
-    def vm_hwm_mb(self) -> float | None:
-        try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()  # type: ignore[union-attr]
-        except OSError:
-            return None
-        match = re.search(r"VmHWM:\s+(\d+) kB", status)
-        return int(match.group(1)) / 1024 if match else None
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            [
+                "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none",
+                "--long-sound", "--opus-frame-ms", f"{self.frame_ms:g}",
+                *_quiet_doors(self.args), *self.args.server_arg,
+            ],
+            env=server_env(self.args.server_env),
+            cwd=self.args.server_cwd,
+        )  # fmt: skip
 
 
 # -- scenarios and targets -----------------------------------------------------
@@ -738,29 +652,9 @@ def _cpu(workers: list[Worker]) -> float:
     return total
 
 
-def _machine_busy() -> float:
-    import psutil
-
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + t.irq + t.softirq + t.steal)
-
-
 def _wait_quiet(args: argparse.Namespace) -> float:
     """Background CPU (% of a core) over 1 s; waits up to --wait-quiet s for it to drop."""
-    start = time.monotonic()
-    said = 0.0
-    while True:
-        b0 = _machine_busy()
-        time.sleep(1.0)
-        busy = 100 * (_machine_busy() - b0)
-        waited = time.monotonic() - start
-        if busy <= args.quiet_pct or waited >= args.wait_quiet:
-            if waited > 2:
-                print(f"   (waited {waited:.0f} s for a quiet machine; now {busy:.0f}% busy)")
-            return busy
-        if waited - said >= 30 or not said:
-            said = waited or 0.001
-            print(f"   (machine {busy:.0f}% of a core busy before the run: waiting)", flush=True)
+    return wait_quiet(args.wait_quiet, args.quiet_pct)
 
 
 def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
@@ -851,7 +745,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
         long_play, _ = press("play")
         wait_all("start", 2, 30)
         time.sleep(args.settle)
-        busy0, t0 = _machine_busy(), time.monotonic()
+        busy0, t0 = machine_busy(), time.monotonic()
         cpu0, lcpu0, ccpu0 = server.cpu(), _cpu(listeners), _cpu([ctrl])
         if args.py_spy:
             spy = subprocess.Popen(
@@ -875,7 +769,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
             )
         time.sleep(args.duration)
         t1 = time.monotonic()
-        cpu1, lcpu1, ccpu1, busy1 = server.cpu(), _cpu(listeners), _cpu([ctrl]), _machine_busy()
+        cpu1, lcpu1, ccpu1, busy1 = server.cpu(), _cpu(listeners), _cpu([ctrl]), machine_busy()
         window = t1 - t0
         window_ns = (int(t0 * 1e9), int(t1 * 1e9))
         long_stop, _ = press("stop")

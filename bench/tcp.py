@@ -34,7 +34,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import re
 import resource
 import shutil
 import signal
@@ -42,7 +41,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -50,11 +48,11 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from bench.common import HubProcess, machine_busy, server_env, wait_quiet
 from bench.tcp_client import worker_process
 
 ROOM = "bench"
 PASSWORD = "bench"
-SECRET = "bench-tcp-secret-0123456789-0123456789ab"  # 40 chars, HUB_TOKEN_SECRET
 LONG_MODE_PRESSES = 5  # five file modes (0..4), the long sound is mode 5 ("mode 6")
 
 REALTIME_TARGET_AT = 1000  # 0 underruns (and 0 skipped frames)
@@ -93,19 +91,14 @@ def free_port() -> int:
 # -- the server under test ------------------------------------------------------
 
 
-class Server:
-    """The hub as a subprocess, its CPU and memory watched from outside."""
+class Server(HubProcess):
+    """The hub for one TCP scenario: a music folder, a stream door, the long sound."""
 
     def __init__(self, args: argparse.Namespace, log_dir: Path, label: str, frame_ms: float):
+        super().__init__(log_dir / f"server-{label}.log")
         self.args = args
         self.frame_ms = frame_ms
-        self.log_path = log_dir / f"server-{label}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.grpc_address = ""
         self.stream_address = ""
-        self.rss_peak = 0
-        self.cpu_samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
         # The timing probe (bench/tcp_server_probe.py) wraps the hub's CLI.
         self.probe_path: Path | None = None
         self.module = args.server_module
@@ -113,96 +106,29 @@ class Server:
             self.probe_path = log_dir / f"probe-{label}.json"
             self.module = "bench.tcp_server_probe"
 
-    def start(self, music: Path) -> None:
-        import psutil
+    @property
+    def grpc_address(self) -> str:
+        return self.address
 
-        env = dict(os.environ, HUB_TOKEN_SECRET=SECRET)
-        env.pop("HUB_TOKEN_SECRET_FILE", None)
+    def start(self, music: Path) -> None:  # type: ignore[override]
+        env = server_env(self.args.server_env)
         if self.probe_path is not None:
             env["HUB_BENCH_PROBE"] = str(self.probe_path)
             root = str(Path(__file__).resolve().parents[1])
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
             with contextlib.suppress(OSError):
                 self.probe_path.unlink()
-        for item in self.args.server_env:
-            key, _, value = item.partition("=")
-            env[key] = value
         self.stream_address = f"127.0.0.1:{free_port()}"
-        cmd = [
-            sys.executable,
-            "-m",
+        super().start(
             self.module,
-            "-s",
-            "-p",
-            PASSWORD,
-            "-h",
-            "127.0.0.1:0",
-            "--device-address",
-            "none",
-            "--stream-address",
-            self.stream_address,
-            "--music",
-            str(music),
-            "--long-sound",
-            "--opus-frame-ms",
-            f"{self.frame_ms:g}",
-            *self.args.server_arg,
-        ]
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                env=env,
-                cwd=self.args.server_cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            if match := re.search(r"starting on (\S+):(\d+)", text):
-                self.grpc_address = f"{match.group(1)}:{match.group(2)}"
-                break
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{text}")
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
-        self.ps = psutil.Process(self.proc.pid)
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                rss = self.ps.memory_info().rss
-                times = self.ps.cpu_times()
-            except Exception:
-                return
-            self.rss_peak = max(self.rss_peak, rss)
-            self.cpu_samples.append((time.monotonic(), times.user + times.system))
-
-    def cpu(self) -> float:
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
-
-    def peak_cpu_pct(self, t0: float, t1: float, span: float = 1.0) -> float:
-        """The busiest ``span`` seconds between t0 and t1, in % of one core."""
-        s = [x for x in self.cpu_samples if t0 <= x[0] <= t1]
-        best, j = 0.0, 0
-        for i in range(len(s)):
-            while s[i][0] - s[j][0] > span:
-                j += 1
-            if s[i][0] - s[j][0] >= span * 0.8:
-                best = max(best, (s[i][1] - s[j][1]) / (s[i][0] - s[j][0]))
-        return 100 * best
-
-    def vm_hwm_mb(self) -> float | None:
-        try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()  # type: ignore[union-attr]
-        except OSError:
-            return None
-        match = re.search(r"VmHWM:\s+(\d+) kB", status)
-        return int(match.group(1)) / 1024 if match else None
+            [
+                "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none",
+                "--stream-address", self.stream_address, "--music", str(music),
+                "--long-sound", "--opus-frame-ms", f"{self.frame_ms:g}", *self.args.server_arg,
+            ],
+            env=env,
+            cwd=self.args.server_cwd,
+        )  # fmt: skip
 
     def log_tail(self, lines: int = 20) -> list[str]:
         try:
@@ -220,18 +146,9 @@ class Server:
         except (OSError, ValueError):
             return None
 
-    def stop(self) -> int | None:
-        self._stop.set()
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+    def stop(self) -> int | None:  # type: ignore[override]
+        super().stop()
+        return None if self.proc is None else self.proc.returncode
 
 
 class Controller:
@@ -318,13 +235,6 @@ def _cpu(workers: list[Worker]) -> float:
     return total
 
 
-def _machine_busy() -> float:
-    import psutil
-
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + t.irq + t.softirq + t.steal)
-
-
 def _softirq() -> float:
     """Machine-wide softirq time: loopback TCP's receive path runs there and
     is charged to no process (with IRQ time accounting)."""
@@ -334,14 +244,7 @@ def _softirq() -> float:
 
 
 def _wait_quiet(args: argparse.Namespace) -> float:
-    deadline = time.monotonic() + args.wait_quiet
-    while True:
-        b0 = _machine_busy()
-        time.sleep(1.0)
-        busy = 100 * (_machine_busy() - b0)
-        if busy <= args.quiet_pct or time.monotonic() >= deadline:
-            return busy
-        print(f"   (machine busy {busy:.0f}% of a core before the run: waiting)", flush=True)
+    return wait_quiet(args.wait_quiet, args.quiet_pct)
 
 
 # -- a scenario ------------------------------------------------------------------
@@ -426,7 +329,7 @@ def run_scenario(
         time.sleep(args.settle)
 
         # The measured window.
-        busy0, soft0, t0 = _machine_busy(), _softirq(), time.monotonic()
+        busy0, soft0, t0 = machine_busy(), _softirq(), time.monotonic()
         m["window_ns"] = [time.monotonic_ns(), 0]
         cpu0, lcpu0 = server.cpu(), _cpu(workers)
         _ask(workers, ("window_start",), "started", 30)
@@ -436,7 +339,7 @@ def run_scenario(
         windows = [w[1] for w in _ask(workers, ("window_end",), "window", 60)]
         m["window_ns"][1] = time.monotonic_ns()
         t1 = time.monotonic()
-        cpu1, lcpu1, busy1, soft1 = server.cpu(), _cpu(workers), _machine_busy(), _softirq()
+        cpu1, lcpu1, busy1, soft1 = server.cpu(), _cpu(workers), machine_busy(), _softirq()
         m.update(
             window=t1 - t0,
             windows=windows,

@@ -561,10 +561,12 @@ class ClientConnection(asyncio.Protocol):
         room = self.hub.rooms.get(room_id)
         await self._stop_track(proto.StreamEndReason.SWITCHED)
         await self._leave(proto.StreamEndReason.SWITCHED)
-        stack = contextlib.AsyncExitStack()
-        await stack.enter_async_context(self.hub.rooms.join(room.id, "a listener"))
-        await stack.enter_async_context(self.hub.attach(RoomListener(self, room)))
-        self._room, self._room_id = stack, room.id
+        # Cancelled (the client went away) or refused between the two steps,
+        # the ``async with`` undoes the first; joined, ``pop_all`` keeps both.
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.hub.rooms.join(room.id, "a listener"))
+            await stack.enter_async_context(self.hub.attach(RoomListener(self, room)))
+            self._room, self._room_id = stack.pop_all(), room.id
         self.send(proto.Joined(room.id))
         log.info("%s: joined room %s", self.id, room.id)
 
@@ -584,10 +586,10 @@ class ClientConnection(asyncio.Protocol):
         await self._publish_end()
         # A publisher is present in its room while it publishes, so an
         # otherwise empty room is not forgotten under it.
-        presence = contextlib.AsyncExitStack()
-        await presence.enter_async_context(self.hub.rooms.join(room.id, "a publisher"))
-        self._feed_presence = presence
-        self._feed = await room.go_live(title, start.frame_duration_us / 1_000_000)
+        async with contextlib.AsyncExitStack() as presence:
+            await presence.enter_async_context(self.hub.rooms.join(room.id, "a publisher"))
+            self._feed = await room.go_live(title, start.frame_duration_us / 1_000_000)
+            self._feed_presence = presence.pop_all()
         self._feed_uplink = start.stream_id
         packets_per_second = 1_000_000 / start.frame_duration_us
         # Real time, with a second of audio as burst for network jitter.

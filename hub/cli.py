@@ -14,7 +14,8 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 # gRPC's C core writes log lines of its own to standard error (a failed bind
 # comes out twice, once in its format, before ours); the reference prints only
@@ -38,6 +39,22 @@ log = logging.getLogger("hub")
 DEFAULT_HOST = "0.0.0.0:6262"
 DEFAULT_DEVICE_ADDRESS = "0.0.0.0:50051"
 DEFAULT_STREAM_ADDRESS = "0.0.0.0:8080"
+
+T = TypeVar("T")
+
+
+LOOPS = ("uvloop", "asyncio")
+
+
+def run_on(loop: str, main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on the named event loop: ``uvloop`` or the stdlib's."""
+    factory = None
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults.queue_max,
         help="events a stream may fall behind before it is cut (default %(default)s)",
+    )
+    srv.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="uvloop",
+        help="the server's event loop (default %(default)s: more lines per second per core, "
+        "bench/README.md)",
     )
     tcp = parser.add_argument_group("streaming over TCP (docs/protocol.md)")
     tcp.add_argument(
@@ -280,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     printer = Printer(sys.stderr)
     if args.server:
-        return asyncio.run(serve(args, printer))
+        return run_on(args.loop, serve(args, printer))
     from clients.py_cli.chat import run_client  # the client pulls in prompt_toolkit
 
     return run_client(args, printer)
@@ -299,6 +323,7 @@ def music_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("folder", help="the music folder (mp3, wav, flac, ogg, ...)")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug log")
+    parser.add_argument("--loop", choices=LOOPS, default="uvloop", help="event loop (%(default)s)")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     logging.getLogger("hub").setLevel(logging.DEBUG if args.verbose else logging.INFO)
@@ -308,7 +333,7 @@ def music_main(argv: Sequence[str] | None = None) -> int:
         music=MusicFolder(args.folder),
     )
     try:
-        asyncio.run(app.run(lambda _bound: _after_start()))
+        run_on(args.loop, app.run(lambda _bound: _after_start()))
     except BindError as error:
         log.error("cannot serve on %s", error)
         return 1

@@ -762,7 +762,10 @@ async def test_the_stop_sequence_ends_even_a_stream_that_never_reads(
     assert cut.code is not Code.OK  # cancelled by the server's stop, after the grace
 
 
-async def test_sigterm_stops_the_server_within_five_seconds(open_channel: OpenChannel) -> None:
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_sigterm_stops_the_server_within_five_seconds(
+    open_channel: OpenChannel, loop: str
+) -> None:
     env = {**os.environ, "HUB_TOKEN_SECRET": SECRET.decode()}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -779,6 +782,8 @@ async def test_sigterm_stops_the_server_within_five_seconds(open_channel: OpenCh
         "none",
         "--rate",
         "0",
+        "--loop",
+        loop,
         cwd=ROOT,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,

@@ -34,6 +34,7 @@ from stock_device import StockDevice
 from hub.audio.library import SoundLibrary
 from hub.audio.music import MusicFolder
 from hub.audio.sources import SAMPLE_RATE, FileSound, GeneratedSound, Pcm
+from hub.core.broker import Broker
 from hub.core.hub import Hub
 from hub.rpc.server import GrpcServer
 from hub.settings import DeviceSettings, Settings, StreamSettings
@@ -140,11 +141,12 @@ async def serve(music: Path, room_library: SoundLibrary) -> AsyncIterator[Serve]
             library: SoundLibrary | None = None,
             grpc: bool = False,
             folder: Path | None = None,
+            broker: Broker | None = None,
         ) -> Served:
             settings = Settings(
                 stream=stream or StreamSettings(), devices=devices or DeviceSettings()
             )
-            hub = Hub(settings, secret=SECRET, library=library or room_library)
+            hub = Hub(settings, secret=SECRET, library=library or room_library, broker=broker)
             await hub.start()
             stack.push_async_callback(hub.close)
             grpc_address = None

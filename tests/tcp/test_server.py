@@ -37,6 +37,7 @@ from hub.audio.library import SoundLibrary
 from hub.audio.opus import OpusSettings, encode_blocks
 from hub.audio.sources import FileSound
 from hub.audio.testing import best_correlation, decode_packets, read_all
+from hub.core.broker import MemoryBroker
 from hub.core.rooms import audio_channel
 from hub.core.roomstate import Input
 from hub.settings import DeviceSettings, StreamSettings
@@ -456,6 +457,41 @@ async def test_shutdown_tells_every_client(serve: Serve, connect: Connect) -> No
     await eventually(lambda: not served.server.clients, "no client left")
     with pytest.raises(OSError):
         await RawClient.connect(served.address)
+
+
+class GatedBroker(MemoryBroker):
+    """A broker whose ``subscribe`` to one channel waits, as one over a network does."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__()
+        self.gated = channel
+        self.waiting = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def subscribe(self, channel: str) -> None:
+        if channel == self.gated:
+            self.waiting.set()
+            await self.gate.wait()
+        await super().subscribe(channel)
+
+
+async def test_a_listener_gone_halfway_through_joining_leaves_the_room(
+    serve: Serve, connect: Connect
+) -> None:
+    """Present in the room, then cut while its audio subscription is still on
+    its way: the presence is undone too, or the room would count a ghost and
+    never be let go."""
+    broker = GatedBroker(audio_channel("kitchen"))
+    served = await serve(broker=broker)
+    listener = await connect(served.address)
+    listener.send(Join("kitchen"))
+    await asyncio.wait_for(broker.waiting.wait(), scaled(5))
+    room = served.hub.rooms.get("kitchen")
+    assert room.members == 1
+    listener.close()
+    await eventually(lambda: not served.server.clients, "the client is cleaned up")
+    assert room.members == 0
+    assert served.hub.subscriber_count(audio_channel("kitchen")) == 0
 
 
 # -- many clients coming and going -------------------------------------------------

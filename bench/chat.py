@@ -24,6 +24,8 @@ import os
 import platform
 import resource
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -99,6 +101,8 @@ class StreamStats:
     """What one subscriber's stream saw; ``on_message`` is the hot path."""
 
     __slots__ = (
+        "arrival",
+        "arrivals",
         "counts",
         "dups",
         "ended",
@@ -115,9 +119,20 @@ class StreamStats:
     )
 
     def __init__(
-        self, latencies: array[int], sends: array[int], on_ready: Callable[[], None]
+        self,
+        latencies: array[int],
+        sends: array[int],
+        on_ready: Callable[[], None],
+        arrivals: array[int] | None = None,
+        arrival: list[int] | None = None,
     ) -> None:
         self.counts = [0] * MAX_PUBLISHERS
+        # Where the raw client knows when the kernel received the bytes being
+        # handed over (``arrival[0]``, monotonic ns), each line's latency to
+        # that moment too: the server's share, without the subscriber's own
+        # scheduling delay on a shared machine.
+        self.arrivals = arrivals
+        self.arrival = arrival
         self.latency_sum = 0  # ns, for the per-stream mean
         self.next = [0] * MAX_PUBLISHERS
         self.latencies = latencies  # shared by the process's streams
@@ -141,6 +156,8 @@ class StreamStats:
             sent = int(data[-19:])
             self.latencies.append(now - sent)
             self.latency_sum += now - sent
+            if self.arrivals is not None and self.arrival is not None:
+                self.arrivals.append(self.arrival[0] - sent)
             self.sends.append(sent)
             self.counts[pub] += 1
             self.received += 1
@@ -190,7 +207,11 @@ def subscriber_process(conn: Connection, cfg: dict[str, Any]) -> None:
 
 
 def _summary(
-    streams: list[StreamStats], expected: list[int], latencies: array[int], sends: array[int]
+    streams: list[StreamStats],
+    expected: list[int],
+    latencies: array[int],
+    sends: array[int],
+    arrivals: array[int] | None = None,
 ) -> dict[str, Any]:
     errors: Counter[str] = Counter()
     lost = lost_streams = 0
@@ -213,6 +234,7 @@ def _summary(
         "stream_means_ms": [s.latency_sum / s.received / 1e6 for s in streams if s.received],
         "latencies": latencies.tobytes(),
         "sends": sends.tobytes(),
+        "arrivals": arrivals.tobytes() if arrivals is not None else b"",
     }
 
 
@@ -241,6 +263,35 @@ class _Drain:
         return now - self.last_progress > self.stall
 
 
+# Linux: a received segment's kernel timestamp (CLOCK_REALTIME) as ancillary
+# data of recvmsg. For TCP it is the newest segment's of the bytes returned, so
+# lines that arrived earlier in the same read are given a later arrival than
+# their own: the figure errs high, never low.
+SO_TIMESTAMPNS = 35
+TIMESTAMP_SPACE = socket.CMSG_SPACE(16)
+
+
+def _realtime_minus_monotonic() -> int:
+    """The offset between the two clocks, from the closest of a few readings."""
+    best: tuple[int, int] | None = None
+    for _ in range(20):
+        m0 = time.monotonic_ns()
+        r = time.time_ns()
+        m1 = time.monotonic_ns()
+        if best is None or m1 - m0 < best[0]:
+            best = (m1 - m0, r - (m0 + m1) // 2)
+    assert best is not None
+    return best[1]
+
+
+def _arrival_ns(ancillary: list[tuple[int, int, bytes]], realtime_offset: int) -> int:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return int(sec * 1_000_000_000 + nsec - realtime_offset)
+    return time.monotonic_ns()  # no timestamp: as late as the hand-over
+
+
 def _subscriber_raw(conn: Connection, cfg: dict[str, Any]) -> None:
     """Subscribers on raw HTTP/2 connections, driven by one epoll loop.
 
@@ -267,18 +318,22 @@ def _subscriber_raw(conn: Connection, cfg: dict[str, Any]) -> None:
 
     latencies: array[int] = array("q")
     sends: array[int] = array("q")
+    arrivals: array[int] = array("q")
+    arrival = [0]  # kernel receive time of the bytes being handed over, monotonic ns
+    realtime_offset = _realtime_minus_monotonic()
     ready = [0]
 
     def on_ready() -> None:
         ready[0] += 1
 
-    streams = [StreamStats(latencies, sends, on_ready) for _ in range(n)]
+    streams = [StreamStats(latencies, sends, on_ready, arrivals, arrival) for _ in range(n)]
     host, port = address.rsplit(":", 1)
     poller = select.epoll()
     readers: dict[int, tuple[socket.socket, GrpcStreamReader]] = {}
     for token, stats in zip(tokens, streams, strict=True):
         sock = socket.create_connection((host, int(port)))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setblocking(False)
         reader = GrpcStreamReader(
             address, STREAM, [(TOKEN_HEADER, token)], stats.on_message, stats.on_end
@@ -301,11 +356,13 @@ def _subscriber_raw(conn: Connection, cfg: dict[str, Any]) -> None:
                     continue
                 sock, reader = readers[fd]
                 try:
-                    data = sock.recv(65536)  # 256 KiB would be an mmap per recv
+                    # 256 KiB would be an mmap per recv
+                    data, ancillary, _, _ = sock.recvmsg(65536, TIMESTAMP_SPACE)
                 except OSError as error:
-                    data = b""
+                    data, ancillary = b"", []
                     reader.connection_lost(error)
                 if data:
+                    arrival[0] = _arrival_ns(ancillary, realtime_offset)
                     reader.data_received(data)
                 else:
                     reader.connection_lost(None)
@@ -315,7 +372,7 @@ def _subscriber_raw(conn: Connection, cfg: dict[str, Any]) -> None:
                 sent_ready = True
             if drain is not None and drain.done():
                 break
-        conn.send(("result", _summary(streams, expected, latencies, sends)))
+        conn.send(("result", _summary(streams, expected, latencies, sends, arrivals)))
     finally:
         for sock, _ in readers.values():
             sock.close()
@@ -750,6 +807,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
     received = sum(r["received"] for r in results)
     last_recv = max(r["last_ns"] for r in results)
     lat = np.concatenate([np.frombuffer(r["latencies"], dtype=np.int64) for r in results]) / 1e6
+    arrived = np.concatenate([np.frombuffer(r["arrivals"], dtype=np.int64) for r in results]) / 1e6
     sends = np.concatenate([np.frombuffer(r["sends"], dtype=np.int64) for r in results])
     # Latency by the second in which lines were sent: shows a warm-up or a backlog.
     timeline = []
@@ -805,6 +863,16 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
             "p999": pct(99.9),
             "max": round(float(lat.max()), 3) if lat.size else None,
         },
+        # The same lines' latency to the kernel's receipt of their bytes at
+        # the subscriber (raw client only): what the server and the network
+        # took, without the subscriber process's own wait for a core.
+        "arrival_latency_ms": {
+            "p50": round(float(np.percentile(arrived, 50)), 3),
+            "p99": round(float(np.percentile(arrived, 99)), 3),
+            "max": round(float(arrived.max()), 3),
+        }
+        if arrived.size
+        else None,
         "latency_timeline": timeline,
         # Each stream's mean latency, as percentiles over the streams: a wide
         # spread is the fan-out's order (the last stream served waits longest).
@@ -881,6 +949,14 @@ def describe(res: dict[str, Any]) -> str:
         + _mark(res, "p99_ms")
         + (f" (<= {target.p99_ms:g})" if target and target.p99_ms else "")
         + f"  p99.9 {_ms(lat['p999'])}  max {_ms(lat['max'])}",
+        *(
+            [
+                f"   at socket arrival      p50 {_ms(arr['p50'])}  p99 {_ms(arr['p99'])}"
+                f"  max {_ms(arr['max'])}  (kernel receive time: no target, see bench/README.md)"
+            ]
+            if (arr := res["arrival_latency_ms"])
+            else []
+        ),
         f"   server CPU             {res['server_cpu_s']:.2f} s over {res['window_s']:.2f} s"
         f" ({res['server_cpu_pct']:.0f}% of a core); clients: subscribers "
         f"{res['subscriber_cpu_s']:.2f} s, publishers {res['publisher_cpu_s']:.2f} s, "

@@ -361,7 +361,9 @@ def _wait_established(port: int, count: int, timeout: float) -> None:
     import psutil
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
+        # Server-side sockets: the local port is the server's (grpc listens
+        # dual-stack, so they are tcp6 with v4-mapped addresses).
         established = sum(
             1
             for c in psutil.net_connections("tcp")
@@ -369,8 +371,9 @@ def _wait_established(port: int, count: int, timeout: float) -> None:
         )
         if established >= count:
             return
-        threading.Event().wait(0.1)
-    raise RuntimeError(f"only {established} of {count} connections established")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {established} of {count} connections established")
+        time.sleep(0.1)
 
 
 def describe(res: dict[str, Any]) -> str:

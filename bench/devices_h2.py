@@ -31,216 +31,34 @@ import time
 from collections.abc import Callable
 from typing import cast
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
-    0, 1, 3, 4, 6, 7, 8, 9,
-)  # fmt: skip
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
-
-# Our receive window per stream and per connection: 1 MiB, credit returned in
-# 256 KiB steps (grpc's own clients start at 64 KiB and grow by BDP probes).
-WINDOW = 1 << 20
-CREDIT_STEP = 1 << 18
-
-STATUS_NAMES = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-]
+from bench.h2wire import (
+    ACK,
+    CONTINUATION,
+    CREDIT_STEP,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW,
+    WINDOW_UPDATE,
+    HpackDecoder,
+    frame,
+    grpc_message,
+    hpack_literal,
+    status_name,
+)
 
 # (payload bytes, arrival time in monotonic ns: one clock read per recv)
 MessageHandler = Callable[[bytes, int], None]
 # (status name, message) once, however the call ends
 EndHandler = Callable[[str, str], None]
-
-
-def frame(ftype: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    return (
-        len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + stream.to_bytes(4, "big")
-    ) + payload
-
-
-def grpc_message(message: bytes) -> bytes:
-    """One gRPC length-prefixed message, uncompressed."""
-    return b"\x00" + len(message).to_bytes(4, "big") + message
-
-
-# -- HPACK (RFC 7541), what a gRPC client needs ------------------------------
-
-STATIC_NAMES = [
-    ":authority",
-    ":method",
-    ":method",
-    ":path",
-    ":path",
-    ":scheme",
-    ":scheme",
-    ":status",
-    ":status",
-    ":status",
-    ":status",
-    ":status",
-    ":status",
-    ":status",
-    "accept-charset",
-    "accept-encoding",
-    "accept-language",
-    "accept-ranges",
-    "accept",
-    "access-control-allow-origin",
-    "age",
-    "allow",
-    "authorization",
-    "cache-control",
-    "content-disposition",
-    "content-encoding",
-    "content-language",
-    "content-length",
-    "content-location",
-    "content-range",
-    "content-type",
-    "cookie",
-    "date",
-    "etag",
-    "expect",
-    "expires",
-    "from",
-    "host",
-    "if-match",
-    "if-modified-since",
-    "if-none-match",
-    "if-range",
-    "if-unmodified-since",
-    "last-modified",
-    "link",
-    "location",
-    "max-forwards",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "range",
-    "referer",
-    "refresh",
-    "retry-after",
-    "server",
-    "set-cookie",
-    "strict-transport-security",
-    "transfer-encoding",
-    "user-agent",
-    "vary",
-    "via",
-    "www-authenticate",
-]
-# fmt: off
-STATIC_VALUES = {2: "GET", 3: "POST", 4: "/", 5: "/index.html", 6: "http", 7: "https",
-                 8: "200", 9: "204", 10: "206", 11: "304", 12: "400", 13: "404", 14: "500",
-                 16: "gzip, deflate"}
-# fmt: on
-STATIC_TABLE = [("", "")] + [
-    (name, STATIC_VALUES.get(i, "")) for i, name in enumerate(STATIC_NAMES, start=1)
-]
-
-
-def hpack_int(value: int, prefix_bits: int, flags: int) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((flags | value,))
-    out = bytearray((flags | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def hpack_literal(name: str, value: str) -> bytes:
-    """A literal field without indexing, new name, no Huffman coding."""
-    n, v = name.encode(), value.encode()
-    return b"\x00" + hpack_int(len(n), 7, 0) + n + hpack_int(len(v), 7, 0) + v
-
-
-class HpackDecoder:
-    def __init__(self) -> None:
-        self.dynamic: list[tuple[str, str]] = []  # newest first
-        self.size = 0
-        self.max_size = 4096
-
-    @staticmethod
-    def _int(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
-        limit = (1 << prefix_bits) - 1
-        value = data[pos] & limit
-        pos += 1
-        if value < limit:
-            return value, pos
-        shift = 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            value += (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value, pos
-
-    def _str(self, data: bytes, pos: int) -> tuple[str, int]:
-        huffman = data[pos] & 0x80
-        length, pos = self._int(data, pos, 7)
-        raw = data[pos : pos + length]
-        return ("<huffman>" if huffman else raw.decode("latin-1")), pos + length
-
-    def _entry(self, index: int) -> tuple[str, str]:
-        if index < len(STATIC_TABLE):
-            return STATIC_TABLE[index]
-        return self.dynamic[index - len(STATIC_TABLE)]
-
-    def _evict(self) -> None:
-        while self.size > self.max_size and self.dynamic:
-            name, value = self.dynamic.pop()
-            self.size -= len(name) + len(value) + 32
-
-    def decode(self, block: bytes) -> list[tuple[str, str]]:
-        headers = []
-        pos = 0
-        while pos < len(block):
-            byte = block[pos]
-            if byte & 0x80:  # indexed field
-                index, pos = self._int(block, pos, 7)
-                headers.append(self._entry(index))
-                continue
-            if byte & 0xC0 == 0x40:  # literal with incremental indexing
-                index, pos = self._int(block, pos, 6)
-                indexing = True
-            elif byte & 0xE0 == 0x20:  # dynamic table size update
-                self.max_size, pos = self._int(block, pos, 5)
-                self._evict()
-                continue
-            else:  # literal without indexing, or never indexed
-                index, pos = self._int(block, pos, 4)
-                indexing = False
-            if index:
-                name = self._entry(index)[0]
-            else:
-                name, pos = self._str(block, pos)
-            value, pos = self._str(block, pos)
-            headers.append((name, value))
-            if indexing:
-                self.dynamic.insert(0, (name, value))
-                self.size += len(name) + len(value) + 32
-                self._evict()
-        return headers
 
 
 # -- the sans-I/O connection -------------------------------------------------
@@ -432,11 +250,7 @@ class GrpcMux:
                 if call is not None and self._block_end:
                     fields = dict(headers)
                     code = fields.get("grpc-status", "")
-                    name = (
-                        STATUS_NAMES[int(code)]
-                        if code.isdigit() and int(code) < len(STATUS_NAMES)
-                        else code or "?"
-                    )
+                    name = status_name(code)
                     self._finish(call, name, fields.get("grpc-message", ""))
         elif ftype == RST_STREAM:
             call = self.calls.get(sid)

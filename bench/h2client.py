@@ -24,211 +24,30 @@ import socket
 import struct
 from collections.abc import Callable
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
-    0,
-    1,
-    3,
-    4,
-    6,
-    7,
-    8,
-    9,
+from bench.h2wire import (
+    ACK,
+    CONTINUATION,
+    CREDIT_STEP,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW,
+    WINDOW_UPDATE,
+    HpackDecoder,
+    frame,
+    hpack_literal,
+    status_name,
 )
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
+
 STREAM_ID = 1
-
-# Our receive window: 1 MiB per stream and per connection, credit returned in
-# 256 KiB steps. Like grpc's own clients (64 KiB, grown by BDP probes to a few
-# MiB), a reader that stops reading stops the server's writes after a bound.
-WINDOW = 1 << 20
-CREDIT_STEP = 1 << 18
-
-STATUS_NAMES = {
-    0: "OK",
-    1: "CANCELLED",
-    2: "UNKNOWN",
-    3: "INVALID_ARGUMENT",
-    4: "DEADLINE_EXCEEDED",
-    5: "NOT_FOUND",
-    6: "ALREADY_EXISTS",
-    7: "PERMISSION_DENIED",
-    8: "RESOURCE_EXHAUSTED",
-    9: "FAILED_PRECONDITION",
-    10: "ABORTED",
-    11: "OUT_OF_RANGE",
-    12: "UNIMPLEMENTED",
-    13: "INTERNAL",
-    14: "UNAVAILABLE",
-    15: "DATA_LOSS",
-    16: "UNAUTHENTICATED",
-}
-
-
-def frame(ftype: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    header = len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + stream.to_bytes(4, "big")
-    return header + payload
-
-
-# -- HPACK (RFC 7541), just what this client needs ---------------------------
-
-STATIC_TABLE: list[tuple[str, str]] = [
-    ("", ""),  # index 0 is unused
-    (":authority", ""),
-    (":method", "GET"),
-    (":method", "POST"),
-    (":path", "/"),
-    (":path", "/index.html"),
-    (":scheme", "http"),
-    (":scheme", "https"),
-    (":status", "200"),
-    (":status", "204"),
-    (":status", "206"),
-    (":status", "304"),
-    (":status", "400"),
-    (":status", "404"),
-    (":status", "500"),
-    ("accept-charset", ""),
-    ("accept-encoding", "gzip, deflate"),
-    ("accept-language", ""),
-    ("accept-ranges", ""),
-    ("accept", ""),
-    ("access-control-allow-origin", ""),
-    ("age", ""),
-    ("allow", ""),
-    ("authorization", ""),
-    ("cache-control", ""),
-    ("content-disposition", ""),
-    ("content-encoding", ""),
-    ("content-language", ""),
-    ("content-length", ""),
-    ("content-location", ""),
-    ("content-range", ""),
-    ("content-type", ""),
-    ("cookie", ""),
-    ("date", ""),
-    ("etag", ""),
-    ("expect", ""),
-    ("expires", ""),
-    ("from", ""),
-    ("host", ""),
-    ("if-match", ""),
-    ("if-modified-since", ""),
-    ("if-none-match", ""),
-    ("if-range", ""),
-    ("if-unmodified-since", ""),
-    ("last-modified", ""),
-    ("link", ""),
-    ("location", ""),
-    ("max-forwards", ""),
-    ("proxy-authenticate", ""),
-    ("proxy-authorization", ""),
-    ("range", ""),
-    ("referer", ""),
-    ("refresh", ""),
-    ("retry-after", ""),
-    ("server", ""),
-    ("set-cookie", ""),
-    ("strict-transport-security", ""),
-    ("transfer-encoding", ""),
-    ("user-agent", ""),
-    ("vary", ""),
-    ("via", ""),
-    ("www-authenticate", ""),
-]
-
-
-def hpack_int(value: int, prefix_bits: int, flags: int) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((flags | value,))
-    out = bytearray((flags | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def hpack_literal(name: str, value: str) -> bytes:
-    """A literal header field without indexing, new name, no Huffman coding."""
-    n, v = name.encode(), value.encode()
-    return b"\x00" + hpack_int(len(n), 7, 0) + n + hpack_int(len(v), 7, 0) + v
-
-
-class HpackDecoder:
-    def __init__(self) -> None:
-        self.dynamic: list[tuple[str, str]] = []  # newest first
-        self.size = 0
-        self.max_size = 4096
-
-    @staticmethod
-    def _int(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
-        limit = (1 << prefix_bits) - 1
-        value = data[pos] & limit
-        pos += 1
-        if value < limit:
-            return value, pos
-        shift = 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            value += (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value, pos
-
-    def _str(self, data: bytes, pos: int) -> tuple[str, int]:
-        huffman = data[pos] & 0x80
-        length, pos = self._int(data, pos, 7)
-        raw = data[pos : pos + length]
-        return ("<huffman>" if huffman else raw.decode("latin-1")), pos + length
-
-    def _entry(self, index: int) -> tuple[str, str]:
-        if index < len(STATIC_TABLE):
-            return STATIC_TABLE[index]
-        return self.dynamic[index - len(STATIC_TABLE)]
-
-    def _add(self, name: str, value: str) -> None:
-        self.dynamic.insert(0, (name, value))
-        self.size += len(name) + len(value) + 32
-        self._evict()
-
-    def _evict(self) -> None:
-        while self.size > self.max_size and self.dynamic:
-            name, value = self.dynamic.pop()
-            self.size -= len(name) + len(value) + 32
-
-    def decode(self, block: bytes) -> list[tuple[str, str]]:
-        headers = []
-        pos = 0
-        while pos < len(block):
-            byte = block[pos]
-            if byte & 0x80:  # indexed field
-                index, pos = self._int(block, pos, 7)
-                headers.append(self._entry(index))
-                continue
-            if byte & 0xC0 == 0x40:  # literal with incremental indexing
-                index, pos = self._int(block, pos, 6)
-                indexing = True
-            elif byte & 0xE0 == 0x20:  # dynamic table size update
-                self.max_size, pos = self._int(block, pos, 5)
-                self._evict()
-                continue
-            else:  # literal without indexing, or never indexed
-                index, pos = self._int(block, pos, 4)
-                indexing = False
-            if index:
-                name = self._entry(index)[0]
-            else:
-                name, pos = self._str(block, pos)
-            value, pos = self._str(block, pos)
-            headers.append((name, value))
-            if indexing:
-                self._add(name, value)
-        return headers
 
 
 # -- the client --------------------------------------------------------------
@@ -393,7 +212,7 @@ class GrpcStreamReader(asyncio.Protocol):
                 if self._header_end_stream:
                     fields = dict(headers)
                     code = fields.get("grpc-status", "")
-                    name = STATUS_NAMES.get(int(code), code) if code.isdigit() else code or "?"
+                    name = status_name(code)
                     self._end(name, fields.get("grpc-message", ""))
         elif ftype == RST_STREAM:
             self._end("UNAVAILABLE", f"RST_STREAM {int.from_bytes(payload[:4], 'big')}")

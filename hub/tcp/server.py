@@ -18,6 +18,7 @@ import secrets
 import socket
 import time
 from collections import deque
+from typing import cast
 
 import soundfile as sf
 
@@ -231,8 +232,9 @@ class ClientConnection(asyncio.Protocol):
     # -- transport callbacks ---------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport, as ``create_server`` gives; not checked with
+        # isinstance: uvloop's transports do not derive from asyncio's classes.
+        self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):

@@ -10,7 +10,11 @@ where no frame tells.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import re
+import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -492,6 +496,53 @@ async def test_a_listener_gone_halfway_through_joining_leaves_the_room(
     await eventually(lambda: not served.server.clients, "the client is cleaned up")
     assert room.members == 0
     assert served.hub.subscriber_count(audio_channel("kitchen")) == 0
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_the_hub_process_streams_on_either_event_loop(music: Path, loop: str) -> None:
+    """The ``hub`` command as users run it (uvloop by default), not the
+    in-process server the other tests use: uvloop's transports are not
+    asyncio's classes, and the door must not care."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", "-s", "-p", "x", "-h", "127.0.0.1:0",
+        "--device-address", "none", "--stream-address", "127.0.0.1:0",
+        "--music", str(music), "--loop", loop, "-v",
+        env={**os.environ, "HUB_TOKEN_SECRET": "s" * 32},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+
+        async def streaming_address() -> str:
+            assert process.stderr is not None
+            while line := (await process.stderr.readline()).decode():
+                lines.append(line)
+                if match := re.search(r"streaming on (127\.0\.0\.1:\d+)", line):
+                    return match.group(1)
+            raise AssertionError(f"the server exited: {''.join(lines)}")
+
+        address = await asyncio.wait_for(streaming_address(), scaled(20))
+        rest = asyncio.create_task(process.stderr.read())
+        client = await RawClient.connect(address)
+        await client.hello()
+        client.send(Play(ALPHA))
+        await client.next(StreamStart)
+        await client.next(Audio)
+        client.send(Join("kitchen"))  # switches: the track ends, the room is joined
+        assert (await client.skip_to(Joined)).room == "kitchen"
+        client.close()
+        client.check()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), scaled(10)) == 0
+        lines.append((await rest).decode())
+        assert "Traceback" not in "".join(lines), "".join(lines)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 # -- many clients coming and going -------------------------------------------------

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -33,12 +32,25 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, cast
 
-from bench.common import HubProcess, machine_busy, server_env, wait_quiet
+from bench.common import (
+    HubProcess,
+    Worker,
+    add_common_options,
+    columns,
+    expect,
+    machine_busy,
+    mark,
+    ms,
+    server_env,
+    start_py_spy,
+    wait_quiet,
+    workers_cpu,
+)
 
 # -- wire ------------------------------------------------------------------
 
@@ -629,42 +641,6 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
 # -- running one scenario --------------------------------------------------
 
 
-@dataclass
-class Worker:
-    proc: Any
-    conn: Connection
-    kind: str
-    n: int = 0
-    ps: Any = None
-    result: Any = None
-    messages: list[Any] = field(default_factory=list)
-
-
-def _expect(workers: list[Worker], kind: str, timeout: float) -> list[Any]:
-    """One message of ``kind`` from every worker, in worker order."""
-    deadline = time.monotonic() + timeout
-    got: dict[int, Any] = {}
-    while len(got) < len(workers):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"waiting for {kind!r} from {len(workers) - len(got)} workers")
-        pending = {w.conn: i for i, w in enumerate(workers) if i not in got}
-        for ready in wait(list(pending), min(left, 0.5)):
-            conn = cast(Connection, ready)
-            i = pending[conn]
-            try:
-                msg = conn.recv()
-            except EOFError:
-                raise RuntimeError(f"{workers[i].kind} worker {i} died") from None
-            if msg[0] != kind:
-                raise RuntimeError(f"expected {kind!r} from worker {i}, got {msg[0]!r}")
-            got[i] = msg
-        for i, w in enumerate(workers):
-            if i not in got and not w.proc.is_alive() and not w.conn.poll():
-                raise RuntimeError(f"{w.kind} worker {i} exited {w.proc.exitcode}")
-    return [got[i] for i in range(len(workers))]
-
-
 def _probe_until_ready(address: str, workers: list[Worker], timeout: float) -> None:
     """Log in probe users until every stream has seen one: all streams are open."""
     import grpc
@@ -687,15 +663,6 @@ def _probe_until_ready(address: str, workers: list[Worker], timeout: float) -> N
                 if msg[0] != "ready":
                     raise RuntimeError(f"expected 'ready', got {msg[0]!r}")
                 del pending[conn]
-
-
-def _cpu(workers: list[Worker]) -> float:
-    total = 0.0
-    for w in workers:
-        with contextlib.suppress(Exception):
-            t = w.ps.cpu_times()
-            total += t.user + t.system
-    return total
 
 
 def _own_cpu() -> float:
@@ -736,7 +703,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
 
         # Log everyone in first, then open the streams: logins are broadcast,
         # and this way no stream sees the setup's login storm.
-        _expect(workers, "logged_in", args.setup_timeout)
+        expect(workers, "logged_in", args.setup_timeout)
         for w in workers:
             w.conn.send(("open",))
         _probe_until_ready(server.address, workers, args.setup_timeout)
@@ -750,29 +717,18 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
             w.conn.send(("go", warm_ns, start_ns, args.duration, rate_each, offset))
         time.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
         cpu0 = server.cpu()
-        sub_cpu0, pub_cpu0 = _cpu(subs), _cpu(pubs)
+        sub_cpu0, pub_cpu0 = workers_cpu(subs), workers_cpu(pubs)
         busy0, own0 = machine_busy(), _own_cpu()
         server.window(True)
         wall0 = time.monotonic()
         if args.py_spy:
-            spy = subprocess.Popen(
-                [
-                    args.py_spy_bin,
-                    "record",
-                    *(["--native"] if args.py_spy_native else ["--nonblocking"]),
-                    "--pid",
-                    str(server.proc.pid),  # type: ignore[union-attr]
-                    "--duration",
-                    str(math.ceil(args.duration)),
-                    "--format",
-                    args.py_spy_format,
-                    "-o",
-                    str(Path(args.py_spy) / f"{sc.label.replace('@', '_at_')}.{_ext(args)}"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            spy = start_py_spy(
+                args,
+                server.proc.pid,  # type: ignore[union-attr]
+                sc.label.replace("@", "_at_"),
+                args.duration,
             )
-        done = _expect(pubs, "done", args.duration + 60)
+        done = expect(pubs, "done", args.duration + 60)
         sent = [d[1] for d in done]
         first_send = min((d[2] for d in done if d[1]), default=start_ns)
         last_send = max((d[3] for d in done), default=start_ns)
@@ -782,10 +738,10 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
         drain_timeout = max(args.drain_timeout, 0.0)
         for w in subs:
             w.conn.send(("expect", sent, drain_timeout, args.stall_timeout))
-        results = [m[1] for m in _expect(subs, "result", drain_timeout + 60)]
+        results = [m[1] for m in expect(subs, "result", drain_timeout + 60)]
         wall = time.monotonic() - wall0
         server_cpu = server.cpu() - cpu0
-        sub_cpu, pub_cpu = _cpu(subs) - sub_cpu0, _cpu(pubs) - pub_cpu0
+        sub_cpu, pub_cpu = workers_cpu(subs) - sub_cpu0, workers_cpu(pubs) - pub_cpu0
         other_cpu = machine_busy() - busy0 - (_own_cpu() - own0) - server_cpu - sub_cpu - pub_cpu
         server.window(False)
         vm_hwm = server.vm_hwm_mb()
@@ -896,10 +852,6 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
     return res
 
 
-def _ext(args: argparse.Namespace) -> str:
-    return {"flamegraph": "svg", "speedscope": "json", "raw": "txt"}.get(args.py_spy_format, "out")
-
-
 def check(res: dict[str, Any]) -> dict[str, bool]:
     target = TARGETS.get(res["scenario"])
     if target is None:
@@ -918,15 +870,6 @@ def check(res: dict[str, Any]) -> dict[str, bool]:
 # -- output ----------------------------------------------------------------
 
 
-def _mark(res: dict[str, Any], key: str) -> str:
-    ok = res["checks"].get(key)
-    return "" if ok is None else (" PASS" if ok else " FAIL")
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def describe(res: dict[str, Any]) -> str:
     target = TARGETS.get(res["scenario"])
     lat = res["latency_ms"]
@@ -937,22 +880,22 @@ def describe(res: dict[str, Any]) -> str:
         f"   publish rate achieved  {res['rate_achieved']}/s  ({res['sent']} sent)",
         f"   delivered              {res['delivered_per_s']:.0f} msg/s"
         f"  ({res['delivered']} of {res['expected_deliveries']})"
-        + _mark(res, "delivered_per_s")
+        + mark(res, "delivered_per_s")
         + (f" (>= {target.delivered_per_s:g})" if target and target.delivered_per_s else ""),
         f"   lost                   {res['lost']} in {res['streams_with_loss']} streams"
-        + _mark(res, "lost")
+        + mark(res, "lost")
         + f"; disconnects {res['disconnects']}"
         + (f" {res['disconnect_reasons']}" if res["disconnect_reasons"] else "")
         + (f"; gaps {res['gaps']}" if res["gaps"] else "")
         + (f"; dups {res['duplicates']}" if res["duplicates"] else ""),
-        f"   latency ms             p50 {_ms(lat['p50'])}  p99 {_ms(lat['p99'])}"
-        + _mark(res, "p99_ms")
+        f"   latency ms             p50 {ms(lat['p50'], 2)}  p99 {ms(lat['p99'], 2)}"
+        + mark(res, "p99_ms")
         + (f" (<= {target.p99_ms:g})" if target and target.p99_ms else "")
-        + f"  p99.9 {_ms(lat['p999'])}  max {_ms(lat['max'])}",
+        + f"  p99.9 {ms(lat['p999'], 2)}  max {ms(lat['max'], 2)}",
         *(
             [
-                f"   at socket arrival      p50 {_ms(arr['p50'])}  p99 {_ms(arr['p99'])}"
-                f"  max {_ms(arr['max'])}  (kernel receive time: no target, see bench/README.md)"
+                f"   at socket arrival      p50 {ms(arr['p50'], 2)}  p99 {ms(arr['p99'], 2)}"
+                f"  max {ms(arr['max'], 2)}  (kernel receive time: no target, see bench/README.md)"
             ]
             if (arr := res["arrival_latency_ms"])
             else []
@@ -999,12 +942,12 @@ def table(results: list[dict[str, Any]]) -> str:
                 str(r["subscribers"]),
                 "fast" if r["rate_target"] is None else f"{r['rate_target']:g}",
                 f"{r['rate_achieved']}",
-                f"{r['delivered_per_s']:.0f}" + _mark(r, "delivered_per_s"),
-                f"{r['lost']}" + _mark(r, "lost"),
+                f"{r['delivered_per_s']:.0f}" + mark(r, "delivered_per_s"),
+                f"{r['lost']}" + mark(r, "lost"),
                 str(r["disconnects"]),
-                _ms(lat["p50"]),
-                _ms(lat["p99"]) + _mark(r, "p99_ms"),
-                _ms(lat["max"]),
+                ms(lat["p50"], 2),
+                ms(lat["p99"], 2) + mark(r, "p99_ms"),
+                ms(lat["max"], 2),
                 f"{r['server_cpu_s']:.2f} ({r['server_cpu_pct']:.0f}%)",
                 f"{r['server_rss_peak_mb']:.0f}",
                 f"{r['subscriber_cpu_s'] + r['publisher_cpu_s']:.2f}",
@@ -1012,10 +955,7 @@ def table(results: list[dict[str, Any]]) -> str:
                 "-" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL"),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
-    )
+    return columns(rows)
 
 
 # -- command line ----------------------------------------------------------
@@ -1067,39 +1007,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stall-timeout", type=float, default=3.0, help="stop draining after no progress this long"
     )
     p.add_argument("--setup-timeout", type=float, default=120.0)
-    p.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=60.0,
-        help="before each run, wait up to this long for the machine to be idle (0: don't)",
-    )
-    p.add_argument(
-        "--quiet-pct",
-        type=float,
-        default=15.0,
-        help="idle means below this much CPU (%% of one core) in total",
-    )
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
-    p.add_argument("--repeat", type=int, default=1, help="run each scenario this many times")
-    p.add_argument("--server-module", default="hub", help="module run as the server (-m)")
-    p.add_argument(
-        "--server-cwd",
-        help="directory the server runs in (python -m puts it first on sys.path, "
-        "so a copy of the hub there is benchmarked instead)",
-    )
-    p.add_argument(
-        "--server-arg", action="append", default=[], help="extra server argument, repeatable"
-    )
-    p.add_argument(
-        "--server-env", action="append", default=[], help="KEY=VALUE for the server, repeatable"
-    )
-    p.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile of the server per run")
-    p.add_argument("--py-spy-bin", default=shutil.which("py-spy") or "py-spy")
-    p.add_argument(
-        "--py-spy-format", default="flamegraph", choices=["flamegraph", "speedscope", "raw"]
-    )
-    p.add_argument("--py-spy-native", action="store_true", help="py-spy --native")
-    p.add_argument("--keep-logs", action="store_true", help="print where server logs are kept")
+    add_common_options(p)
     return p
 
 

@@ -1,4 +1,5 @@
-"""What every benchmark needs: the hub as a watched subprocess, a quiet machine.
+"""What every benchmark needs: the hub as a watched subprocess, a quiet machine,
+client processes spoken to over pipes, the options and output they share.
 
 ``HubProcess`` starts ``python -m <module> ...`` with its output in a log file,
 waits for the reference start line (``starting on HOST:PORT``) and samples the
@@ -7,15 +8,22 @@ process's CPU and memory from outside every 100 ms until ``stop``.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import Any
 
 # The token secret every benchmark's hub signs with (the value is no secret).
 SECRET = "bench-secret-bench-secret-bench-secret-0"
@@ -167,3 +175,151 @@ def wait_quiet(limit_s: float, quiet_pct: float) -> float:
 def server_env(items: Sequence[str]) -> dict[str, str]:
     """``--server-env KEY=VALUE`` options as a mapping."""
     return dict(item.partition("=")[::2] for item in items)
+
+
+# -- client processes ---------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """A benchmark's client process and the parent's end of its pipe.
+
+    Messages on the pipe are tuples whose first item names their kind.
+    """
+
+    proc: Any
+    conn: Connection
+    kind: str = "worker"
+    n: int = 0  # how many clients (streams, listeners) it runs
+    ps: Any = None  # its psutil.Process, for CPU
+
+
+def ask(workers: list[Worker], msg: Any, kind: str, timeout: float) -> list[Any]:
+    """Send ``msg`` to every worker, then ``expect`` their answers of ``kind``."""
+    for w in workers:
+        w.conn.send(msg)
+    return expect(workers, kind, timeout)
+
+
+def expect(workers: list[Worker], kind: str, timeout: float) -> list[Any]:
+    """One message of ``kind`` from every worker, in worker order."""
+    deadline = time.monotonic() + timeout
+    got: dict[int, Any] = {}
+    while len(got) < len(workers):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"waiting for {kind!r} from {len(workers) - len(got)} workers")
+        pending = {w.conn: i for i, w in enumerate(workers) if i not in got}
+        for conn in wait(list(pending), min(left, 0.5)):
+            i = pending[conn]  # type: ignore[index]
+            try:
+                msg = conn.recv()  # type: ignore[union-attr,call-arg]
+            except EOFError:
+                raise RuntimeError(f"{workers[i].kind} worker {i} died") from None
+            if msg[0] != kind:
+                raise RuntimeError(f"expected {kind!r} from worker {i}, got {msg!r}"[:300])
+            got[i] = msg
+        for i, w in enumerate(workers):
+            if i not in got and not w.proc.is_alive() and not w.conn.poll():
+                raise RuntimeError(f"{w.kind} worker {i} exited {w.proc.exitcode}")
+    return [got[i] for i in range(len(workers))]
+
+
+def workers_cpu(workers: list[Worker]) -> float:
+    """CPU seconds, user + system, of the workers (those still there)."""
+    total = 0.0
+    for w in workers:
+        with contextlib.suppress(Exception):
+            t = w.ps.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+# -- options shared by every benchmark -----------------------------------------
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """The quiet-machine, repeat, output, server and py-spy options."""
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=60.0,
+        help="before each run, wait up to this long for the machine to be idle (0: don't)",
+    )
+    p.add_argument(
+        "--quiet-pct",
+        type=float,
+        default=15.0,
+        help="idle means below this much CPU (%% of one core) in total",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="run each scenario this many times")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
+    p.add_argument(
+        "--server-cwd",
+        help="directory the server runs in (python -m puts it first on sys.path, "
+        "so a copy of hub/ there is benchmarked instead)",
+    )
+    p.add_argument("--server-module", default="hub", help="module run as the server (-m)")
+    p.add_argument(
+        "--server-arg", action="append", default=[], help="extra server argument, repeatable"
+    )
+    p.add_argument(
+        "--server-env", action="append", default=[], help="KEY=VALUE for the server, repeatable"
+    )
+    p.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile of the server per run")
+    p.add_argument("--py-spy-bin", default=shutil.which("py-spy") or "py-spy")
+    p.add_argument(
+        "--py-spy-format", default="flamegraph", choices=["flamegraph", "speedscope", "raw"]
+    )
+    p.add_argument("--py-spy-native", action="store_true", help="py-spy --native")
+    p.add_argument("--keep-logs", action="store_true", help="keep the server logs and say where")
+
+
+def start_py_spy(
+    args: argparse.Namespace, pid: int, name: str, duration: float, *, rate: int | None = None
+) -> subprocess.Popen[bytes]:
+    """py-spy record of ``pid`` for ``duration`` s (or until SIGINT) into ``--py-spy``.
+
+    Without ``--py-spy-native`` it samples without stopping the process
+    (``--nonblocking``); with it, latency figures of the run mean nothing.
+    """
+    extension = {"flamegraph": "svg", "speedscope": "json", "raw": "txt"}[args.py_spy_format]
+    return subprocess.Popen(
+        [
+            args.py_spy_bin,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(math.ceil(duration)),
+            *(["--rate", str(rate)] if rate is not None else []),
+            "--native" if args.py_spy_native else "--nonblocking",
+            "--format",
+            args.py_spy_format,
+            "-o",
+            str(Path(args.py_spy) / f"{name}.{extension}"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+# -- output --------------------------------------------------------------------
+
+
+def mark(res: dict[str, Any], key: str) -> str:
+    """`` PASS`` or `` FAIL`` for a checked figure, nothing for an unchecked one."""
+    ok = res["checks"].get(key)
+    return "" if ok is None else (" PASS" if ok else " FAIL")
+
+
+def ms(value: float | None, places: int = 1) -> str:
+    return "-" if value is None else f"{value:.{places}f}"
+
+
+def columns(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of cells as left-aligned columns, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+    )

@@ -43,12 +43,26 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.common import HubProcess, machine_busy, server_env, wait_quiet
+from bench.common import (
+    HubProcess,
+    Worker,
+    add_common_options,
+    ask,
+    columns,
+    expect,
+    machine_busy,
+    mark,
+    ms,
+    server_env,
+    start_py_spy,
+    wait_quiet,
+    workers_cpu,
+)
 
 SERVICE = "/com.opalcamera.test.DeviceService/"
 AUDIO = SERVICE + "ServerAudioStream"
@@ -603,55 +617,6 @@ LATENCY_TARGET_AT = 100
 REALTIME_TARGET_AT = 1000  # 0 underruns, nothing dropped
 
 
-@dataclass
-class Worker:
-    proc: Any
-    conn: Connection
-    kind: str
-    n: int = 0
-    ps: Any = None
-    messages: list[Any] = field(default_factory=list)
-
-
-def _ask(workers: list[Worker], msg: Any, kind: str, timeout: float) -> list[Any]:
-    for w in workers:
-        w.conn.send(msg)
-    return _expect(workers, kind, timeout)
-
-
-def _expect(workers: list[Worker], kind: str, timeout: float) -> list[Any]:
-    """One message of ``kind`` from every worker, in worker order."""
-    deadline = time.monotonic() + timeout
-    got: dict[int, Any] = {}
-    while len(got) < len(workers):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"waiting for {kind!r} from {len(workers) - len(got)} workers")
-        pending = {w.conn: i for i, w in enumerate(workers) if i not in got}
-        for conn in wait(list(pending), min(left, 0.5)):
-            i = pending[conn]  # type: ignore[index]
-            try:
-                msg = conn.recv()  # type: ignore[union-attr,call-arg]
-            except EOFError:
-                raise RuntimeError(f"{workers[i].kind} worker {i} died") from None
-            if msg[0] != kind:
-                raise RuntimeError(f"expected {kind!r} from worker {i}, got {msg[0]!r}")
-            got[i] = msg
-        for i, w in enumerate(workers):
-            if i not in got and not w.proc.is_alive() and not w.conn.poll():
-                raise RuntimeError(f"{w.kind} worker {i} exited {w.proc.exitcode}")
-    return [got[i] for i in range(len(workers))]
-
-
-def _cpu(workers: list[Worker]) -> float:
-    total = 0.0
-    for w in workers:
-        with contextlib.suppress(Exception):
-            t = w.ps.cpu_times()
-            total += t.user + t.system
-    return total
-
-
 def _wait_quiet(args: argparse.Namespace) -> float:
     """Background CPU (% of a core) over 1 s; waits up to --wait-quiet s for it to drop."""
     return wait_quiet(args.wait_quiet, args.quiet_pct)
@@ -683,16 +648,16 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
         ctrl.proc.start()
         ctrl.ps = psutil.Process(ctrl.proc.pid)
         workers.append(ctrl)
-        _expect([ctrl], "ready", args.setup_timeout)
+        expect([ctrl], "ready", args.setup_timeout)
 
         def press(name: str) -> tuple[int, int]:
-            _, sent, acked, ack = _ask([ctrl], ("press", name), "pressed", 30)[0]
+            _, sent, acked, ack = ask([ctrl], ("press", name), "pressed", 30)[0]
             presses.append((name, sent, acked, ack))
             return sent, acked
 
         for _ in range(LONG_MODE_PRESSES):
             press("mode")
-        frame = _ask([ctrl], ("frame",), "frame", 10)[0][1]
+        frame = ask([ctrl], ("frame",), "frame", 10)[0][1]
         long_selected = frame is not None and frame[2:] == (CYAN, CYAN, 0, 0)
 
         procs = max(1, min(args.procs, sc.listeners))
@@ -723,13 +688,13 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
             w.proc.start()
             w.ps = psutil.Process(w.proc.pid)
         workers += listeners
-        opened = _expect(listeners, "opened", args.setup_timeout + 30)
+        opened = expect(listeners, "opened", args.setup_timeout + 30)
         status_ready = sum(o[1] for o in opened)
         status_devices = sum(o[2] for o in opened)
 
         def wait_all(kind: str, k: int, timeout: float) -> int:
             return sum(
-                m[1] for m in _ask(listeners, ("wait", kind, k, timeout), "waited", timeout + 30)
+                m[1] for m in ask(listeners, ("wait", kind, k, timeout), "waited", timeout + 30)
             )
 
         # Warm-up: every listener must get this stream's start (so every
@@ -746,30 +711,19 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
         wait_all("start", 2, 30)
         time.sleep(args.settle)
         busy0, t0 = machine_busy(), time.monotonic()
-        cpu0, lcpu0, ccpu0 = server.cpu(), _cpu(listeners), _cpu([ctrl])
+        cpu0, lcpu0, ccpu0 = server.cpu(), workers_cpu(listeners), workers_cpu([ctrl])
         if args.py_spy:
-            spy = subprocess.Popen(
-                [
-                    args.py_spy_bin,
-                    "record",
-                    "--pid",
-                    str(server.proc.pid),  # type: ignore[union-attr]
-                    "--duration",
-                    str(math.ceil(args.duration)),
-                    "--rate",
-                    "200",
-                    *(["--native"] if args.py_spy_native else ["--nonblocking"]),
-                    "--format",
-                    args.py_spy_format,
-                    "-o",
-                    str(Path(args.py_spy) / f"{sc.label}.{_ext(args)}"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            spy = start_py_spy(
+                args,
+                server.proc.pid,  # type: ignore[union-attr]
+                sc.label,
+                args.duration,
+                rate=200,
             )
         time.sleep(args.duration)
         t1 = time.monotonic()
-        cpu1, lcpu1, ccpu1, busy1 = server.cpu(), _cpu(listeners), _cpu([ctrl]), machine_busy()
+        cpu1, lcpu1 = server.cpu(), workers_cpu(listeners)
+        ccpu1, busy1 = workers_cpu([ctrl]), machine_busy()
         window = t1 - t0
         window_ns = (int(t0 * 1e9), int(t1 * 1e9))
         long_stop, _ = press("stop")
@@ -784,8 +738,8 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
             time.sleep(args.hold)
             press("stop")
         ended = wait_all("end", 2 + args.cycles, 30)
-        results = [m[1] for m in _ask(listeners, ("collect",), "collected", 60)]
-        _, ctrl_audio, ctrl_frames = _ask([ctrl], ("collect",), "collected", 30)[0]
+        results = [m[1] for m in ask(listeners, ("collect",), "collected", 60)]
+        _, ctrl_audio, ctrl_frames = ask([ctrl], ("collect",), "collected", 30)[0]
         vm_hwm = server.vm_hwm_mb()
         for w in workers:
             w.conn.send(("quit",))
@@ -1040,20 +994,7 @@ def check(res: dict[str, Any]) -> dict[str, bool]:
     return out
 
 
-def _ext(args: argparse.Namespace) -> str:
-    return {"flamegraph": "svg", "speedscope": "json", "raw": "txt"}.get(args.py_spy_format, "out")
-
-
 # -- output --------------------------------------------------------------------
-
-
-def _mark(res: dict[str, Any], key: str) -> str:
-    ok = res["checks"].get(key)
-    return "" if ok is None else (" PASS" if ok else " FAIL")
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
 
 
 def describe(res: dict[str, Any]) -> str:
@@ -1081,21 +1022,21 @@ def describe(res: dict[str, Any]) -> str:
         f" {res['packets_per_s_listener_min']:.2f}, nominal {res['packets_per_s_nominal']:g})",
         f"   underruns        {res['underruns']} gaps > {res['underrun_gap_ms']:g} ms in"
         f" {res['listeners_with_underruns']} listeners; max gap p50/p99/max"
-        f" {_ms(res['max_gap_ms']['p50'])}/{_ms(res['max_gap_ms']['p99'])}/"
-        f"{_ms(res['max_gap_ms']['max'])} ms; min slack {_ms(res['min_slack_ms']['min'])} ms"
-        + _mark(res, "realtime")
+        f" {ms(res['max_gap_ms']['p50'])}/{ms(res['max_gap_ms']['p99'])}/"
+        f"{ms(res['max_gap_ms']['max'])} ms; min slack {ms(res['min_slack_ms']['min'])} ms"
+        + mark(res, "realtime")
         + target,
         f"   packets          {res['packets_expected']} released in {res['long_stream_s']} s;"
         f" received max {res['packets_max_received']} min {res['packets_min_received']};"
         f" missing {res['packets_missing']} in {res['listeners_missing_packets']} listeners",
-        f"   Play->1st packet p50 {_ms(pl['p50'])}  p99 {_ms(pl['p99'])}  max {_ms(pl['max'])} ms"
-        f"  (n={pl['n']})" + _mark(res, "play_to_first_packet_ms"),
-        f"   Stop->is_end     p50 {_ms(st['p50'])}  p99 {_ms(st['p99'])}  max {_ms(st['max'])} ms"
-        f"  (n={st['n']})" + _mark(res, "stop_to_end_ms"),
+        f"   Play->1st packet p50 {ms(pl['p50'])}  p99 {ms(pl['p99'])}  max {ms(pl['max'])} ms"
+        f"  (n={pl['n']})" + mark(res, "play_to_first_packet_ms"),
+        f"   Stop->is_end     p50 {ms(st['p50'])}  p99 {ms(st['p99'])}  max {ms(st['max'])} ms"
+        f"  (n={st['n']})" + mark(res, "stop_to_end_ms"),
         f"   checks           decoded {res['decoded_sample']} (errors"
         f" {res['decode_errors_sample']}), controller {res['controller_audio']};"
         f" status sets answered {res['status_sets_answered']}; errors {res['errors']}"
-        + _mark(res, "errors"),
+        + mark(res, "errors"),
     ]
     if res["calls_ended"]:
         lines.append(f"   calls ended      {res['calls_ended']}")
@@ -1139,17 +1080,14 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"{r['server_rss_peak_mb']:.0f}",
                 f"{r['packets_per_s_total']:.0f}",
                 f"{r['packets_per_s_listener_mean']:.2f}",
-                f"{r['underruns']} ({r['listeners_with_underruns']})" + _mark(r, "realtime"),
+                f"{r['underruns']} ({r['listeners_with_underruns']})" + mark(r, "realtime"),
                 f"{r['packets_missing']}",
-                f"{_ms(pl['p50'])}/{_ms(pl['p99'])}" + _mark(r, "play_to_first_packet_ms"),
-                f"{_ms(st['p50'])}/{_ms(st['p99'])}" + _mark(r, "stop_to_end_ms"),
+                f"{ms(pl['p50'])}/{ms(pl['p99'])}" + mark(r, "play_to_first_packet_ms"),
+                f"{ms(st['p50'])}/{ms(st['p99'])}" + mark(r, "stop_to_end_ms"),
                 "-" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL"),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
-    )
+    return columns(rows)
 
 
 # -- command line ----------------------------------------------------------------
@@ -1212,18 +1150,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="an inter-packet gap above this many packet durations is an underrun",
     )
     p.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=60.0,
-        help="before each run, wait up to this long for the machine to be idle",
-    )
-    p.add_argument(
-        "--quiet-pct",
-        type=float,
-        default=15.0,
-        help="idle means below this much CPU (%% of a core) in total",
-    )
-    p.add_argument(
         "--noisy-pct",
         type=float,
         default=20.0,
@@ -1231,23 +1157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--retry-noisy", type=int, default=2, help="reruns of a noisy scenario")
     p.add_argument("--setup-timeout", type=float, default=120.0)
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
-    p.add_argument("--repeat", type=int, default=1, help="run each scenario this many times")
-    p.add_argument(
-        "--server-cwd",
-        help="directory the server runs in (python -m puts it first on sys.path, so a "
-        "copy of hub/ there is benchmarked; add --server-arg=--sounds=DIR)",
-    )
-    p.add_argument("--server-module", default="hub", help="module run as the server (-m)")
-    p.add_argument("--server-arg", action="append", default=[], help="extra server argument")
-    p.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server")
-    p.add_argument("--py-spy", metavar="DIR", help="py-spy record the server over the window")
-    p.add_argument("--py-spy-bin", default=shutil.which("py-spy") or "py-spy")
-    p.add_argument(
-        "--py-spy-format", default="flamegraph", choices=["flamegraph", "speedscope", "raw"]
-    )
-    p.add_argument("--py-spy-native", action="store_true")
-    p.add_argument("--keep-logs", action="store_true", help="keep and show the server logs")
+    add_common_options(p)
     return p
 
 
@@ -1256,12 +1166,12 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
         out = []
         for item in args.scenario:
             for s in filter(None, item.split(",")):
-                n, _, ms = s.partition("@")
-                out.append(Scenario(int(n), float(ms.removesuffix("ms") or 20)))
+                n, _, frame = s.partition("@")
+                out.append(Scenario(int(n), float(frame.removesuffix("ms") or 20)))
         return out
     return [
-        Scenario(int(n), float(ms))
-        for ms in args.frame_ms.split(",")
+        Scenario(int(n), float(frame))
+        for frame in args.frame_ms.split(",")
         for n in args.listeners.split(",")
     ]
 

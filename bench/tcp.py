@@ -43,12 +43,24 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import HubProcess, machine_busy, server_env, wait_quiet
+from bench.common import (
+    HubProcess,
+    Worker,
+    add_common_options,
+    ask,
+    columns,
+    machine_busy,
+    mark,
+    ms,
+    server_env,
+    start_py_spy,
+    wait_quiet,
+    workers_cpu,
+)
 from bench.tcp_client import worker_process
 
 ROOM = "bench"
@@ -188,53 +200,6 @@ class Controller:
 # -- workers ------------------------------------------------------------------------
 
 
-@dataclass
-class Worker:
-    proc: Any
-    conn: Connection
-    n: int
-    ps: Any = None
-    extra: list[Any] = field(default_factory=list)
-
-
-def _ask(workers: list[Worker], msg: Any, kind: str, timeout: float) -> list[Any]:
-    for w in workers:
-        w.conn.send(msg)
-    return _expect(workers, kind, timeout)
-
-
-def _expect(workers: list[Worker], kind: str, timeout: float) -> list[Any]:
-    deadline = time.monotonic() + timeout
-    got: dict[int, Any] = {}
-    while len(got) < len(workers):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"waiting for {kind!r} from {len(workers) - len(got)} workers")
-        pending = {w.conn: i for i, w in enumerate(workers) if i not in got}
-        for conn in wait(list(pending), min(left, 0.5)):
-            i = pending[conn]  # type: ignore[index]
-            try:
-                msg = conn.recv()  # type: ignore[union-attr,call-arg]
-            except EOFError:
-                raise RuntimeError(f"worker {i} died") from None
-            if msg[0] != kind:
-                raise RuntimeError(f"expected {kind!r} from worker {i}, got {msg!r}"[:300])
-            got[i] = msg
-        for i, w in enumerate(workers):
-            if i not in got and not w.proc.is_alive() and not w.conn.poll():
-                raise RuntimeError(f"worker {i} exited {w.proc.exitcode}")
-    return [got[i] for i in range(len(workers))]
-
-
-def _cpu(workers: list[Worker]) -> float:
-    total = 0.0
-    for w in workers:
-        with contextlib.suppress(Exception):
-            t = w.ps.cpu_times()
-            total += t.user + t.system
-    return total
-
-
 def _softirq() -> float:
     """Machine-wide softirq time: loopback TCP's receive path runs there and
     is charged to no process (with IRQ time accounting)."""
@@ -296,19 +261,19 @@ def run_scenario(
             }
             first += n
             p = ctx.Process(target=worker_process, args=(child, cfg), daemon=True)
-            workers.append(Worker(p, parent, n))
+            workers.append(Worker(p, parent, "listener", n))
         for w in workers:
             w.proc.start()
             w.ps = psutil.Process(w.proc.pid)
 
         # Connect (HELLO/WELCOME) and JOIN the room.
         t_setup = time.monotonic()
-        connected = _ask(workers, ("connect",), "connected", args.setup_timeout + 60)
+        connected = ask(workers, ("connect",), "connected", args.setup_timeout + 60)
         m["connected"] = sum(c[1] for c in connected)
         m["connect_failures"] = dict(sum((Counter(c[2]) for c in connected), Counter()))
         m["tracks"] = connected[0][3]
         m["connect_s"] = round(max(c[4] for c in connected) / 1e9, 2)
-        joined = _ask(workers, ("join", ROOM), "joined", args.setup_timeout + 30)
+        joined = ask(workers, ("join", ROOM), "joined", args.setup_timeout + 30)
         m["joined"] = sum(j[1] for j in joined)
         m["setup_s"] = round(time.monotonic() - t_setup, 2)
 
@@ -321,7 +286,7 @@ def run_scenario(
         m["long_selected"] = "mode 6" in state
         play_state = controller.press("play")
         m["state_after_play"] = play_state
-        started = _ask(
+        started = ask(
             workers, ("wait_audio", 1, args.setup_timeout), "waited", args.setup_timeout + 30
         )
         m["room_stream_listeners"] = sum(s[1] for s in started)
@@ -331,15 +296,16 @@ def run_scenario(
         # The measured window.
         busy0, soft0, t0 = machine_busy(), _softirq(), time.monotonic()
         m["window_ns"] = [time.monotonic_ns(), 0]
-        cpu0, lcpu0 = server.cpu(), _cpu(workers)
-        _ask(workers, ("window_start",), "started", 30)
+        cpu0, lcpu0 = server.cpu(), workers_cpu(workers)
+        ask(workers, ("window_start",), "started", 30)
         if args.py_spy and not args.py_spy_probes:
-            spy = _py_spy(args, server, f"tcp-{sc.label}", args.duration)
+            pid = server.proc.pid  # type: ignore[union-attr]
+            spy = start_py_spy(args, pid, f"tcp-{sc.label}", args.duration, rate=200)
         time.sleep(args.duration)
-        windows = [w[1] for w in _ask(workers, ("window_end",), "window", 60)]
+        windows = [w[1] for w in ask(workers, ("window_end",), "window", 60)]
         m["window_ns"][1] = time.monotonic_ns()
         t1 = time.monotonic()
-        cpu1, lcpu1, busy1, soft1 = server.cpu(), _cpu(workers), machine_busy(), _softirq()
+        cpu1, lcpu1, busy1, soft1 = server.cpu(), workers_cpu(workers), machine_busy(), _softirq()
         m.update(
             window=t1 - t0,
             windows=windows,
@@ -354,7 +320,7 @@ def run_scenario(
             spy.wait(args.duration + 30)
             spy = None
         m["state_after_stop"] = controller.press("stop")
-        ended = _ask(workers, ("wait_end", 1, 30), "ended", 60)
+        ended = ask(workers, ("wait_end", 1, 30), "ended", 60)
         m["room_stream_ended"] = sum(e[1] for e in ended)
 
         # PLAY latencies: each listener its own tracks on its own connection.
@@ -366,7 +332,8 @@ def run_scenario(
             time.sleep(0.5)
             cpu_p0, t_p0 = server.cpu(), time.monotonic()
             if args.py_spy_probes:
-                spy = _py_spy(args, server, f"tcp-{sc.label}-probes", 600)
+                pid = server.proc.pid  # type: ignore[union-attr]
+                spy = start_py_spy(args, pid, f"tcp-{sc.label}-probes", 600, rate=200)
             # The first round finds every track's packets not yet encoded
             # (the hub encodes music on first play): reported apart.
             rounds = (
@@ -377,7 +344,7 @@ def run_scenario(
             for r, (kind, spread) in enumerate(rounds):
                 at = time.monotonic_ns() + 200_000_000
                 timeout = args.probe_timeout
-                got = _ask(
+                got = ask(
                     workers,
                     ("probe_round", at, spread, track_ids, args.hold, timeout),
                     "probed",
@@ -394,7 +361,7 @@ def run_scenario(
                 spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     spy.wait(30)
-        collected = [c[1] for c in _ask(workers, ("collect",), "collected", 60)]
+        collected = [c[1] for c in ask(workers, ("collect",), "collected", 60)]
         m["collected"] = collected
         m["vm_hwm"] = server.vm_hwm_mb()
         m["rss_peak"] = server.rss_peak
@@ -673,45 +640,7 @@ def check(res: dict[str, Any]) -> dict[str, bool]:
     return out
 
 
-def _py_spy(
-    args: argparse.Namespace, server: Server, name: str, duration: float
-) -> subprocess.Popen[bytes]:
-    """py-spy record of the server for ``duration`` s (or until SIGINT)."""
-    return subprocess.Popen(
-        [
-            args.py_spy_bin,
-            "record",
-            "--pid",
-            str(server.proc.pid),  # type: ignore[union-attr]
-            "--duration",
-            str(math.ceil(duration)),
-            "--rate",
-            "200",
-            "--nonblocking",
-            "--format",
-            args.py_spy_format,
-            "-o",
-            str(Path(args.py_spy) / f"{name}.{_ext(args)}"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def _ext(args: argparse.Namespace) -> str:
-    return {"flamegraph": "svg", "speedscope": "json", "raw": "txt"}.get(args.py_spy_format, "out")
-
-
 # -- output ---------------------------------------------------------------------
-
-
-def _mark(res: dict[str, Any], key: str) -> str:
-    ok = res["checks"].get(key)
-    return "" if ok is None else (" PASS" if ok else " FAIL")
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
 
 
 def describe(res: dict[str, Any]) -> str:
@@ -742,33 +671,33 @@ def describe(res: dict[str, Any]) -> str:
         f"   underruns        {res['underruns']} gaps > {res['underrun_gap_ms']:g} ms in"
         f" {res['listeners_with_underruns']} listeners; seq gaps {res['seq_gaps']} in"
         f" {res['listeners_with_seq_gaps']} listeners; max gap p50/p99/max"
-        f" {_ms(res['max_gap_ms']['p50'])}/{_ms(res['max_gap_ms']['p99'])}/"
-        f"{_ms(res['max_gap_ms']['max'])} ms" + _mark(res, "realtime") + target,
+        f" {ms(res['max_gap_ms']['p50'])}/{ms(res['max_gap_ms']['p99'])}/"
+        f"{ms(res['max_gap_ms']['max'])} ms" + mark(res, "realtime") + target,
     ]
     srv = res["server_side"]
     if srv and srv.get("frames"):
         lines.append(
             f"   server side      {srv['frames_per_s']:.1f} frames/s fanned out to"
-            f" {srv['subscribers']}; fan-out p50/p99/max {_ms(srv['fanout_ms']['p50'])}/"
-            f"{_ms(srv['fanout_ms']['p99'])}/{_ms(srv['fanout_ms']['max'])} ms"
+            f" {srv['subscribers']}; fan-out p50/p99/max {ms(srv['fanout_ms']['p50'])}/"
+            f"{ms(srv['fanout_ms']['p99'])}/{ms(srv['fanout_ms']['max'])} ms"
             f" ({srv['fanout_us_per_listener']} us per listener); worst listener gap"
-            f" p99/max {_ms(srv['gap_ms']['p99'])}/{_ms(srv['gap_ms']['max'])} ms"
+            f" p99/max {ms(srv['gap_ms']['p99'])}/{ms(srv['gap_ms']['max'])} ms"
             f" ({srv['gaps_over_limit']} over {res['underrun_gap_ms']:g}); min slack"
             f" {srv['slack_ms_min']} ms ({srv['late_frames']} late); loop lags >5 ms"
             f" {srv['loop_lags_over_5ms']} (max {srv['loop_lag_ms_max']}); GC"
             f" {srv['gc']['count']} (gen2 {srv['gc']['gen2']}, max {srv['gc']['max_ms']} ms)"
-            + _mark(res, "server_realtime")
+            + mark(res, "server_realtime")
         )
     for kind, lat in res["probes"].items():
         pa, sa, ps = lat["play_audio"], lat["switch_audio"], lat["play_start"]
         lines.append(
-            f"   PLAY->1st AUDIO  {kind:6} p50 {_ms(pa['p50'])}  p99 {_ms(pa['p99'])}"
-            f"  max {_ms(pa['max'])} ms (n={pa['n']}; ->STREAM_START p99 {_ms(ps['p99'])})"
-            + _mark(res, f"play_{kind}")
+            f"   PLAY->1st AUDIO  {kind:6} p50 {ms(pa['p50'])}  p99 {ms(pa['p99'])}"
+            f"  max {ms(pa['max'])} ms (n={pa['n']}; ->STREAM_START p99 {ms(ps['p99'])})"
+            + mark(res, f"play_{kind}")
         )
         lines.append(
-            f"   switch->1st AUDIO {kind:5} p50 {_ms(sa['p50'])}  p99 {_ms(sa['p99'])}"
-            f"  max {_ms(sa['max'])} ms (n={sa['n']})"
+            f"   switch->1st AUDIO {kind:5} p50 {ms(sa['p50'])}  p99 {ms(sa['p99'])}"
+            f"  max {ms(sa['max'])} ms (n={sa['n']})"
         )
     if res["probes"]:
         lines.append(
@@ -778,7 +707,7 @@ def describe(res: dict[str, Any]) -> str:
     lines.append(
         f"   checks           decoded {res['decoded_sample']} (errors"
         f" {res['decode_errors_sample']}); stream ends {res['end_reasons']};"
-        f" errors {res['errors']}" + _mark(res, "errors")
+        f" errors {res['errors']}" + mark(res, "errors")
     )
     for key in ("stream_errors", "probe_failures", "connect_failures"):
         if res[key]:
@@ -805,7 +734,7 @@ def _srv_cell(r: dict[str, Any]) -> str:
     srv = r.get("server_side")
     if not srv or not srv.get("frames"):
         return "-"
-    return f"{_ms(srv['gap_ms']['max'])}/{srv['slack_ms_min']:.0f}" + _mark(r, "server_realtime")
+    return f"{ms(srv['gap_ms']['max'])}/{srv['slack_ms_min']:.0f}" + mark(r, "server_realtime")
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -835,8 +764,8 @@ def table(results: list[dict[str, Any]]) -> str:
             if kind not in pr:
                 return "-"
             x = pr[kind][key]
-            mark = _mark(r, f"play_{kind}") if key == "play_audio" else ""
-            return f"{_ms(x['p50'])}/{_ms(x['p99'])}" + mark
+            verdict = mark(r, f"play_{kind}") if key == "play_audio" else ""
+            return f"{ms(x['p50'])}/{ms(x['p99'])}" + verdict
 
         sw = r["switch_to_first_audio_ms"]
         rows.append(
@@ -847,20 +776,17 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"{r['server_rss_peak_mb']:.0f}",
                 f"{r['bytes_per_s_total'] / 1e6:.2f}",
                 f"{r['frames_per_s_total']:.0f}/{r['frames_per_s_nominal']:.0f}",
-                f"{r['underruns']} ({r['listeners_with_underruns']})" + _mark(r, "realtime"),
+                f"{r['underruns']} ({r['listeners_with_underruns']})" + mark(r, "realtime"),
                 f"{r['seq_gaps']} ({r['listeners_with_seq_gaps']})",
                 _srv_cell(r),
                 lat("cold"),
                 lat("burst"),
                 lat("spread"),
-                f"{_ms(sw['p50'])}/{_ms(sw['p99'])}" if sw["n"] else "-",
+                f"{ms(sw['p50'])}/{ms(sw['p99'])}" if sw["n"] else "-",
                 "PASS" if r["pass"] else "FAIL",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
-    )
+    return columns(rows)
 
 
 # -- command line -------------------------------------------------------------------
@@ -935,15 +861,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-timeout", type=float, default=5.0)
     p.add_argument("--connect-batch", type=int, default=50, help="connections opened at once")
     p.add_argument("--ping-every", type=float, default=15.0, help="keepalive PING period (s)")
-    p.add_argument("--wait-quiet", type=float, default=60.0)
-    p.add_argument("--quiet-pct", type=float, default=15.0)
     p.add_argument("--noisy-pct", type=float, default=20.0)
     p.add_argument("--retry-noisy", type=int, default=1, help="reruns of a noisy scenario")
     p.add_argument("--setup-timeout", type=float, default=60.0)
-    p.add_argument("--repeat", type=int, default=1)
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
-    p.add_argument("--server-cwd", help="directory the server runs in (benchmark another hub/)")
-    p.add_argument("--server-module", default="hub", help="module run as the server (-m)")
     p.add_argument(
         "--no-server-probe",
         dest="server_probe",
@@ -951,18 +871,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the hub itself, not through bench/tcp_server_probe.py (no server-side "
         "frame timing)",
     )
-    p.add_argument("--server-arg", action="append", default=[], help="extra server argument")
-    p.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server")
-    p.add_argument("--py-spy", metavar="DIR", help="py-spy record the server over the window")
     p.add_argument(
         "--py-spy-probes",
         action="store_true",
         help="with --py-spy: record the latency rounds instead of the window",
     )
-    p.add_argument("--py-spy-bin", default=shutil.which("py-spy") or "py-spy")
-    p.add_argument("--py-spy-format", default="flamegraph",
-                   choices=["flamegraph", "speedscope", "raw"])  # fmt: skip
-    p.add_argument("--keep-logs", action="store_true", help="keep the server logs")
+    add_common_options(p)
     return p
 
 

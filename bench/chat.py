@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import multiprocessing as mp
 import os
 import platform
 import resource
-import shutil
 import socket
 import struct
 import subprocess
@@ -43,6 +41,7 @@ from bench.common import (
     add_common_options,
     columns,
     expect,
+    finish,
     machine_busy,
     mark,
     ms,
@@ -1039,29 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
     ran = [r for r in results if "error" not in r]
     if ran:
         print("\n" + table(ran))
-    if args.json:
-        import grpc
-
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "machine": {
-                        "cpus": os.cpu_count(),
-                        "python": platform.python_version(),
-                        "grpcio": grpc.__version__,
-                        "platform": platform.platform(),
-                    },
-                    "args": {k: v for k, v in vars(args).items()},
-                    "results": results,
-                },
-                indent=2,
-            )
-        )
-        print(f"results written to {args.json}")
-    if args.keep_logs:
-        print(f"server logs in {log_dir}")
-    else:
-        shutil.rmtree(log_dir, ignore_errors=True)
+    finish(args, results, log_dir)
     return 0
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
+import platform
 import re
 import shutil
 import signal
@@ -323,3 +325,50 @@ def columns(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
     )
+
+
+def hub_tree() -> dict[str, str]:
+    """Which hub was measured: HEAD, and whether hub/ had uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    out = {}
+    for key, cmd in (("head", ["git", "rev-parse", "--short", "HEAD"]),
+                     ("hub_changes", ["git", "status", "--short", "hub"])):  # fmt: skip
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out[key] = subprocess.run(
+                cmd, cwd=root, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+    return out
+
+
+def finish(
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+    log_dir: Path,
+    *,
+    options: dict[str, Any] | None = None,
+) -> None:
+    """Write ``--json`` (machine, options, hub tree, results); keep or drop the logs."""
+    if args.json:
+        import grpc
+
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "machine": {
+                        "cpus": os.cpu_count(),
+                        "python": platform.python_version(),
+                        "grpcio": grpc.__version__,
+                        "platform": platform.platform(),
+                    },
+                    "args": options if options is not None else vars(args),
+                    "hub_tree": hub_tree(),
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
+        print(f"results written to {args.json}")
+    if args.keep_logs:
+        print(f"server logs in {log_dir}")
+    else:
+        shutil.rmtree(log_dir, ignore_errors=True)

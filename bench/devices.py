@@ -30,13 +30,11 @@ import argparse
 import asyncio
 import bisect
 import contextlib
-import json
 import math
 import multiprocessing as mp
 import os
 import platform
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,6 +53,7 @@ from bench.common import (
     ask,
     columns,
     expect,
+    finish,
     machine_busy,
     mark,
     ms,
@@ -1176,19 +1175,6 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
     ]
 
 
-def _hub_tree() -> dict[str, str]:
-    """Which hub was measured: HEAD, and whether hub/ had uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
-    out = {}
-    for key, cmd in (("head", ["git", "rev-parse", "--short", "HEAD"]),
-                     ("hub_changes", ["git", "status", "--short", "hub"])):  # fmt: skip
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out[key] = subprocess.run(
-                cmd, cwd=root, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     scenarios = scenarios_from(args)
@@ -1243,30 +1229,7 @@ def main(argv: list[str] | None = None) -> int:
     ran = [r for r in results if "error" not in r]
     if ran:
         print("\n" + table(ran))
-    if args.json:
-        import grpc
-
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "machine": {
-                        "cpus": os.cpu_count(),
-                        "python": platform.python_version(),
-                        "grpcio": grpc.__version__,
-                        "platform": platform.platform(),
-                    },
-                    "args": vars(args),
-                    "hub_tree": _hub_tree(),
-                    "results": results,
-                },
-                indent=2,
-            )
-        )
-        print(f"results written to {args.json}")
-    if args.keep_logs:
-        print(f"server logs in {log_dir}")
-    else:
-        shutil.rmtree(log_dir, ignore_errors=True)
+    finish(args, results, log_dir)
     return 0  # a benchmark reports; it does not fail (see bench/README.md)
 
 

@@ -35,7 +35,6 @@ import multiprocessing as mp
 import os
 import platform
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -53,6 +52,7 @@ from bench.common import (
     add_common_options,
     ask,
     columns,
+    finish,
     machine_busy,
     mark,
     ms,
@@ -880,18 +880,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _hub_tree() -> dict[str, str]:
-    root = Path(__file__).resolve().parents[1]
-    out = {}
-    for key, cmd in (("head", ["git", "rev-parse", "--short", "HEAD"]),
-                     ("hub_changes", ["git", "status", "--short", "hub"])):  # fmt: skip
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out[key] = subprocess.run(
-                cmd, cwd=root, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.latency_at = {int(x) for x in str(args.latency_at).split(",") if x}
@@ -945,28 +933,7 @@ def main(argv: list[str] | None = None) -> int:
             f" PLAY -> first AUDIO p99 < {LATENCY_TARGET_MS:g} ms at {LATENCY_TARGET_AT}"
             " listeners"
         )
-    if args.json:
-        out = dict(vars(args), latency_at=sorted(args.latency_at))
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "machine": {
-                        "cpus": os.cpu_count(),
-                        "python": platform.python_version(),
-                        "platform": platform.platform(),
-                    },
-                    "args": out,
-                    "hub_tree": _hub_tree(),
-                    "results": results,
-                },
-                indent=2,
-            )
-        )
-        print(f"results written to {args.json}")
-    if args.keep_logs:
-        print(f"server logs in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    finish(args, results, work, options=dict(vars(args), latency_at=sorted(args.latency_at)))
     return 0  # a benchmark reports; it does not fail (see bench/README.md)
 
 

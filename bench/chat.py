@@ -671,7 +671,6 @@ def _own_cpu() -> float:
 
 def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     import numpy as np
-    import psutil
 
     background = wait_quiet(args.wait_quiet, args.quiet_pct) if args.wait_quiet > 0 else None
     ctx = mp.get_context("spawn")
@@ -697,8 +696,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
             pubs.append(Worker(p, parent, "publisher"))
         workers = subs + pubs
         for w in workers:
-            w.proc.start()
-            w.ps = psutil.Process(w.proc.pid)
+            w.start()
 
         # Log everyone in first, then open the streams: logins are broadcast,
         # and this way no stream sees the setup's login storm.

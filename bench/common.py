@@ -195,6 +195,12 @@ class Worker:
     n: int = 0  # how many clients (streams, listeners) it runs
     ps: Any = None  # its psutil.Process, for CPU
 
+    def start(self) -> None:
+        import psutil
+
+        self.proc.start()
+        self.ps = psutil.Process(self.proc.pid)
+
 
 def ask(workers: list[Worker], msg: Any, kind: str, timeout: float) -> list[Any]:
     """Send ``msg`` to every worker, then ``expect`` their answers of ``kind``."""

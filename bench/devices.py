@@ -622,7 +622,6 @@ def _wait_quiet(args: argparse.Namespace) -> float:
 
 
 def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
-    import psutil
 
     ctx = mp.get_context("spawn")
     background = _wait_quiet(args)
@@ -644,8 +643,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
             parent,
             "controller",
         )
-        ctrl.proc.start()
-        ctrl.ps = psutil.Process(ctrl.proc.pid)
+        ctrl.start()
         workers.append(ctrl)
         expect([ctrl], "ready", args.setup_timeout)
 
@@ -684,8 +682,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
             p = ctx.Process(target=listener_process, args=(child, lcfg), daemon=True)
             listeners.append(Worker(p, parent, "listener", n))
         for w in listeners:
-            w.proc.start()
-            w.ps = psutil.Process(w.proc.pid)
+            w.start()
         workers += listeners
         opened = expect(listeners, "opened", args.setup_timeout + 30)
         status_ready = sum(o[1] for o in opened)

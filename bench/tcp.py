@@ -228,7 +228,6 @@ class Scenario:
 def run_scenario(
     sc: Scenario, args: argparse.Namespace, log_dir: Path, music: Path
 ) -> dict[str, Any]:
-    import psutil
 
     ctx = mp.get_context("spawn")
     background = _wait_quiet(args)
@@ -263,8 +262,7 @@ def run_scenario(
             p = ctx.Process(target=worker_process, args=(child, cfg), daemon=True)
             workers.append(Worker(p, parent, "listener", n))
         for w in workers:
-            w.proc.start()
-            w.ps = psutil.Process(w.proc.pid)
+            w.start()
 
         # Connect (HELLO/WELCOME) and JOIN the room.
         t_setup = time.monotonic()

@@ -84,7 +84,12 @@ async def _serve_aio(index: int, port: int, cfg: Config, conn: Connection) -> No
     wakeups: list[asyncio.Event] = []
     drained = asyncio.Event()  # fast mode: some stream went below half its window
 
-    async def lines(queue: deque[bytes], wakeup: asyncio.Event) -> Any:
+    async def lines() -> Any:
+        """A new stream's lines: its queue is registered with the publisher."""
+        queue: deque[bytes] = deque()
+        wakeup = asyncio.Event()
+        streams.append(queue)
+        wakeups.append(wakeup)
         while True:
             while not queue:
                 wakeup.clear()
@@ -94,19 +99,11 @@ async def _serve_aio(index: int, port: int, cfg: Config, conn: Connection) -> No
                 drained.set()
 
     async def stream_yield(requests: Any, context: Any) -> Any:
-        queue: deque[bytes] = deque()
-        wakeup = asyncio.Event()
-        streams.append(queue)
-        wakeups.append(wakeup)
-        async for data in lines(queue, wakeup):
+        async for data in lines():
             yield data
 
     async def stream_write(requests: Any, context: Any) -> None:
-        queue: deque[bytes] = deque()
-        wakeup = asyncio.Event()
-        streams.append(queue)
-        wakeups.append(wakeup)
-        async for data in lines(queue, wakeup):
+        async for data in lines():
             await context.write(data)
 
     handler = stream_write if cfg.handler == "write" else stream_yield

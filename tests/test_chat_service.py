@@ -6,13 +6,9 @@ import asyncio
 import base64
 import json
 import logging
-import os
-import re
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,7 +16,6 @@ import jwt
 import pytest
 from chat_helpers import (
     PASSWORD,
-    SECRET,
     Event,
     OpenChannel,
     ServedHub,
@@ -35,6 +30,7 @@ from chat_helpers import (
     timeout,
     wait_subscribers,
 )
+from cli_helpers import HUB, Proc
 
 from hub.audio.library import SoundLibrary
 from hub.audio.sources import long_sound
@@ -46,7 +42,6 @@ from hub.settings import ChatSettings, Settings
 
 pytestmark = pytest.mark.asyncio
 
-ROOT = Path(__file__).resolve().parent.parent
 Code = grpc.StatusCode
 
 
@@ -766,50 +761,12 @@ async def test_the_stop_sequence_ends_even_a_stream_that_never_reads(
 async def test_sigterm_stops_the_server_within_five_seconds(
     open_channel: OpenChannel, loop: str
 ) -> None:
-    env = {**os.environ, "HUB_TOKEN_SECRET": SECRET.decode()}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hub",
-        "-s",
-        "-p",
-        PASSWORD,
-        "-h",
-        "127.0.0.1:0",
-        "--device-address",
-        "none",
-        "--stream-address",
-        "none",
-        "--rate",
-        "0",
-        "--loop",
-        loop,
-        cwd=ROOT,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
+    server = Proc(
+        [*HUB, "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none",
+         "--stream-address", "none", "--rate", "0", "--loop", loop]
+    )  # fmt: skip
     try:
-        lines: list[str] = []
-
-        async def started() -> str:
-            assert process.stderr is not None
-            while line := (await process.stderr.readline()).decode():
-                lines.append(line)
-                if match := re.search(r"starting on (127\.0\.0\.1:\d+)", line):
-                    return match.group(1)
-            raise AssertionError(f"the server exited: {''.join(lines)}")
-
-        address = await asyncio.wait_for(started(), timeout(10))
-
-        async def rest() -> None:
-            assert process.stderr is not None
-            while line := (await process.stderr.readline()).decode():
-                lines.append(line)
-
-        drain = asyncio.create_task(rest())
+        address = server.expect(r".* starting on (127\.0\.0\.1:\d+) .*", 10).group(1)
         reader_channel = open_channel(address)
         reader = Stream(reader_channel, await login(reader_channel, "reader"))
         await reader.send("ready")
@@ -826,16 +783,14 @@ async def test_sigterm_stops_the_server_within_five_seconds(
             assert (await reader.next_message())[1].startswith(f"{n:03d}")
 
         start = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        status = await asyncio.wait_for(process.wait(), 5.0)
-        assert status == 0, "".join(lines)
+        server.signal(signal.SIGTERM)
+        status = await asyncio.to_thread(server.popen.wait, 5.0)
+        assert status == 0, server.lines
         assert time.monotonic() - start < 5.0
         ended = await reader.end()
         assert ended.code is Code.OK
         assert kind(ended.events[-1]) == "server_shutdown"
-        await asyncio.wait_for(drain, timeout())
-        assert any("shutting down" in line for line in lines), lines
+        server.wait()  # its output read to the end
+        assert any("shutting down" in line for line in server.lines), server.lines
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        server.stop()

@@ -10,17 +10,15 @@ where no frame tells.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import re
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import HUB, Proc
 from raw_client import RawClient, contiguous, refused, scaled
 from tcp_helpers import (
     ALPHA,
@@ -503,29 +501,12 @@ async def test_the_hub_process_streams_on_either_event_loop(music: Path, loop: s
     """The ``hub`` command as users run it (uvloop by default), not the
     in-process server the other tests use: uvloop's transports are not
     asyncio's classes, and the door must not care."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "-s", "-p", "x", "-h", "127.0.0.1:0",
-        "--device-address", "none", "--stream-address", "127.0.0.1:0",
-        "--music", str(music), "--loop", loop, "-v",
-        env={**os.environ, "HUB_TOKEN_SECRET": "s" * 32},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    server = Proc(
+        [*HUB, "-s", "-p", "x", "-h", "127.0.0.1:0", "--device-address", "none",
+         "--stream-address", "127.0.0.1:0", "--music", str(music), "--loop", loop, "-v"]
     )  # fmt: skip
-    assert process.stderr is not None
-    lines: list[str] = []
     try:
-
-        async def streaming_address() -> str:
-            assert process.stderr is not None
-            while line := (await process.stderr.readline()).decode():
-                lines.append(line)
-                if match := re.search(r"streaming on (127\.0\.0\.1:\d+)", line):
-                    return match.group(1)
-            raise AssertionError(f"the server exited: {''.join(lines)}")
-
-        address = await asyncio.wait_for(streaming_address(), scaled(20))
-        rest = asyncio.create_task(process.stderr.read())
+        address = server.expect(r".* streaming on (127\.0\.0\.1:\d+)", 20).group(1)
         client = await RawClient.connect(address)
         await client.hello()
         client.send(Play(ALPHA))
@@ -535,14 +516,11 @@ async def test_the_hub_process_streams_on_either_event_loop(music: Path, loop: s
         assert (await client.skip_to(Joined)).room == "kitchen"
         client.close()
         client.check()
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), scaled(10)) == 0
-        lines.append((await rest).decode())
-        assert "Traceback" not in "".join(lines), "".join(lines)
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0
+        assert not any("Traceback" in line for line in server.lines), server.lines
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        server.stop()
 
 
 # -- many clients coming and going -------------------------------------------------

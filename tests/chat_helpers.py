@@ -10,6 +10,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
@@ -62,6 +63,22 @@ class OpenChannel(Protocol):
     def __call__(
         self, address: str, options: Sequence[tuple[str, Any]] = ()
     ) -> grpc.aio.Channel: ...
+
+
+async def run_hub(stack: AsyncExitStack, hub: Hub) -> tuple[str, GrpcServer]:
+    """Start ``hub`` and a GrpcServer on 127.0.0.1 port 0 until ``stack`` closes;
+    the server's address and the server.
+
+    Closing runs in reverse: the hub's shutdown first, which ends open streams,
+    so that stopping the server never waits on them; then the server; then the hub.
+    """
+    await hub.start()
+    stack.push_async_callback(hub.close)
+    server = GrpcServer(hub, ["127.0.0.1:0"])
+    (address,) = await server.start()
+    stack.push_async_callback(server.stop, 0)
+    stack.push_async_callback(hub.shutdown)
+    return address, server
 
 
 async def eventually(condition: Callable[[], bool], what: str, seconds: float = 5.0) -> None:

@@ -29,11 +29,10 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from chat_helpers import PASSWORD, SECRET, OpenChannel, ServedHub, ServeHub
+from chat_helpers import PASSWORD, SECRET, OpenChannel, ServedHub, ServeHub, run_hub
 
 from hub.clock import Clock
 from hub.core.hub import Hub
-from hub.rpc.server import GrpcServer
 from hub.settings import ChatSettings, Settings
 
 
@@ -60,13 +59,7 @@ async def serve_hub(token_secret: bytes) -> AsyncIterator[ServeHub]:
         ) -> ServedHub:
             settings = settings or Settings(chat=ChatSettings(password=PASSWORD))
             hub = Hub(settings, clock=clock, secret=token_secret, **options)
-            await hub.start()
-            stack.push_async_callback(hub.close)
-            server = GrpcServer(hub, ["127.0.0.1:0"])
-            (address,) = await server.start()
-            stack.push_async_callback(server.stop, 0)
-            # Ends open streams first so stopping the server never waits on them.
-            stack.push_async_callback(hub.shutdown)
+            address, server = await run_hub(stack, hub)
             return ServedHub(hub, address, server)
 
         yield serve

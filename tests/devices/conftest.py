@@ -23,14 +23,13 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile as sf
-from chat_helpers import SECRET
+from chat_helpers import SECRET, run_hub
 from device_helpers import DeviceHub, NewDevice, StartHub, device_hub_settings
 from stock_device import StockDevice
 
 from hub.audio.library import SoundLibrary
 from hub.audio.sources import SAMPLE_RATE, FileSound, GeneratedSound, render_long_arpeggio
 from hub.core.hub import Hub
-from hub.rpc.server import GrpcServer
 from hub.settings import Settings
 
 # (file name, Hz, seconds): distinct pitches, so each correlates with itself only.
@@ -95,12 +94,7 @@ async def start_hub(device_library: SoundLibrary) -> AsyncIterator[StartHub]:
                 secret=SECRET,
                 library=library or device_library,
             )
-            await hub.start()
-            stack.push_async_callback(hub.close)
-            server = GrpcServer(hub, ["127.0.0.1:0"])
-            (address,) = await server.start()
-            stack.push_async_callback(server.stop, 0)
-            stack.push_async_callback(hub.shutdown)
+            address, server = await run_hub(stack, hub)
             return DeviceHub(hub, address, server)
 
         yield start

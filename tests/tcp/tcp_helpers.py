@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile as sf
+from chat_helpers import run_hub
 from raw_client import RawClient
 from stock_device import StockDevice
 
@@ -36,7 +37,6 @@ from hub.audio.music import MusicFolder
 from hub.audio.sources import SAMPLE_RATE, FileSound, GeneratedSound, Pcm
 from hub.core.broker import Broker
 from hub.core.hub import Hub
-from hub.rpc.server import GrpcServer
 from hub.settings import DeviceSettings, Settings, StreamSettings
 from hub.tcp.server import StreamServer
 
@@ -147,14 +147,13 @@ async def serve(music: Path, room_library: SoundLibrary) -> AsyncIterator[Serve]
                 stream=stream or StreamSettings(), devices=devices or DeviceSettings()
             )
             hub = Hub(settings, secret=SECRET, library=library or room_library, broker=broker)
-            await hub.start()
-            stack.push_async_callback(hub.close)
             grpc_address = None
             if grpc:
-                rpc = GrpcServer(hub, ["127.0.0.1:0"])
-                (grpc_address,) = await rpc.start()
-                stack.push_async_callback(rpc.stop, 0)
-            stack.push_async_callback(hub.shutdown)
+                grpc_address, _ = await run_hub(stack, hub)
+            else:
+                await hub.start()
+                stack.push_async_callback(hub.close)
+                stack.push_async_callback(hub.shutdown)
             server = StreamServer(hub, MusicFolder(folder or music))
             address = await server.start("127.0.0.1:0")
             stack.push_async_callback(server.close)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from chat_helpers import eventually
 from cli_helpers import HUB, Proc
 from raw_client import RawClient, contiguous, refused, scaled
 from tcp_helpers import (
@@ -71,15 +72,6 @@ from hub.tcp.codec import (
 from hub.tcp.server import ClientConnection, StreamServer
 
 pytestmark = pytest.mark.asyncio
-
-
-async def eventually(condition: Callable[[], bool], what: str, seconds: float = 5.0) -> None:
-    """Poll server state no frame reports, until it holds (a sanity bound)."""
-    deadline = time.monotonic() + scaled(seconds)
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.005)
 
 
 async def list_tracks(client: RawClient) -> list[tuple[int, str, int | None]]:

@@ -7,7 +7,6 @@ except ``eventually``, which polls a condition the hub exposes until a deadline.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
 import grpc
+from waiting import scaled
 
 from hub.core.chat import CHANNEL
 from hub.core.hub import Hub
@@ -26,12 +26,11 @@ Event: TypeAlias = chat_pb2.StreamResponse
 
 PASSWORD = "super-secret"
 SECRET = b"0123456789abcdef0123456789abcdef01234567"  # 40 bytes, as HUB_TOKEN_SECRET
-TIMEOUT_FACTOR = float(os.environ.get("HUB_TEST_TIMEOUT_FACTOR", "1"))
 
 
 def timeout(seconds: float = 5.0) -> float:
     """A sanity bound for one wait, scaled for slow machines."""
-    return seconds * TIMEOUT_FACTOR
+    return scaled(seconds)
 
 
 # -- What the conftest fixtures hand out --------------------------------------------------

@@ -18,9 +18,10 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
+from waiting import scaled
+
 PASSWORD = "super-secret"
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # 40 characters
-TIMEOUT_FACTOR = float(os.environ.get("HUB_TEST_TIMEOUT_FACTOR", "1"))
 
 HUB = [sys.executable, "-m", "hub"]
 # The reference's time format: 12-hour, zero padded, AM/PM.
@@ -33,7 +34,7 @@ SESSION = r"[0-9a-f]{8}"
 
 def timeout(seconds: float = 10.0) -> float:
     """A sanity bound for one wait, scaled for slow machines."""
-    return seconds * TIMEOUT_FACTOR
+    return scaled(seconds)
 
 
 def hub_env(**extra: str) -> dict[str, str]:

@@ -25,7 +25,6 @@ message wakes ``wait_for`` waiters: nothing here sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,10 +34,9 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import opuslib
+from waiting import Changes, scaled
 
 from hub.proto import comms_pb2, comms_pb2_grpc
-
-TIMEOUT_FACTOR = float(os.environ.get("HUB_TEST_TIMEOUT_FACTOR", "1"))
 
 ButtonId = comms_pb2.ButtonEvent.ButtonId
 ButtonEventType = comms_pb2.ButtonEvent.ButtonEventType
@@ -53,11 +51,6 @@ MAX_FRAME_SAMPLES = SAMPLE_RATE * 120 // 1000
 # The device's own "connected" light, painted by itself on Connect.
 OWN_LED = 0x00FF00
 LED_FIELDS = tuple(f"led_{i}" for i in range(6))
-
-
-def scaled(seconds: float) -> float:
-    """A sanity bound for one wait, scaled for slow machines."""
-    return seconds * TIMEOUT_FACTOR
 
 
 @dataclass(slots=True)
@@ -181,7 +174,7 @@ class StockDevice:
         self._tasks: list[asyncio.Task[None]] = []
         self._acks: asyncio.Queue[comms_pb2.DeviceEventResponse] = asyncio.Queue()
         self._event_lock = asyncio.Lock()
-        self._changed = asyncio.Event()
+        self._changes = Changes()
         self._closing = False
         self._decoder: opuslib.Decoder | None = None
         self._events: grpc.aio.StreamStreamCall | None = None
@@ -296,22 +289,15 @@ class StockDevice:
     # -- waiting ---------------------------------------------------------
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._changes.notify()
 
     async def wait_for(
         self, predicate: Callable[[], object], timeout: float = 5.0, what: str = ""
     ) -> None:
         """Until ``predicate()`` holds, re-checked on every message received."""
-        try:
-            async with asyncio.timeout(scaled(timeout)):
-                while True:
-                    changed = self._changed
-                    if predicate():
-                        return
-                    await changed.wait()
-        except TimeoutError:
-            raise AssertionError(f"{self!r}: timed out waiting for {what or predicate!r}") from None
+        await self._changes.wait_for(
+            predicate, timeout, lambda: f"{self!r}: timed out waiting for {what or predicate!r}"
+        )
 
     async def wait_ready(self, timeout: float = 5.0) -> None:
         """Until the opening frame, the flash and the frame after it have come."""

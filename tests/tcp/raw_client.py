@@ -12,13 +12,14 @@ synchronise; each wait has a timeout that is only a sanity bound, scaled by
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
+
+from waiting import Changes
 
 from hub.tcp.codec import (
     PROTOCOL_VERSION,
@@ -38,13 +39,7 @@ from hub.tcp.codec import (
     Welcome,
 )
 
-TIMEOUT_FACTOR = float(os.environ.get("HUB_TEST_TIMEOUT_FACTOR", "1"))
 E = TypeVar("E")
-
-
-def scaled(seconds: float) -> float:
-    """A sanity bound for one wait, scaled for slow machines."""
-    return seconds * TIMEOUT_FACTOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +60,7 @@ class RawClient(asyncio.Protocol):
         self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self.welcome: Welcome | None = None
         self.transport: asyncio.Transport | None = None
-        self._changed = asyncio.Event()
+        self._changes = Changes()
 
     def __repr__(self) -> str:
         return f"RawClient({self.name!r} {self.codec.state.value})"
@@ -128,8 +123,7 @@ class RawClient(asyncio.Protocol):
         self._notify()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._changes.notify()
 
     # -- sending ---------------------------------------------------------------
 
@@ -181,18 +175,14 @@ class RawClient(asyncio.Protocol):
         self, predicate: Callable[[], object], timeout: float = 5.0, what: str = ""
     ) -> None:
         """Until ``predicate()`` holds, re-checked on every event received."""
-        try:
-            async with asyncio.timeout(scaled(timeout)):
-                while True:
-                    changed = self._changed
-                    if predicate():
-                        return
-                    await changed.wait()
-        except TimeoutError:
-            raise AssertionError(
+        await self._changes.wait_for(
+            predicate,
+            timeout,
+            lambda: (
                 f"{self!r}: timed out waiting for {what or predicate!r}; "
                 f"last events: {self.events[-5:]}"
-            ) from None
+            ),
+        )
 
     async def next(self, kind: type[E], timeout: float = 5.0) -> E:
         """The next event not yet taken, which must be a ``kind``."""

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from chat_helpers import eventually
 from cli_helpers import HUB, Proc
-from raw_client import RawClient, contiguous, refused, scaled
+from raw_client import RawClient, contiguous, refused
 from tcp_helpers import (
     ALPHA,
     BRAVO,
@@ -35,6 +35,7 @@ from tcp_helpers import (
     tone,
     write_tone,
 )
+from waiting import scaled
 
 from hub.audio.library import SoundLibrary
 from hub.audio.opus import OpusSettings, encode_blocks

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile as sf
+from waiting import scaled
 
 from clients.py_cli import listen
 from clients.py_cli.listen import Listener, clock, track_lines
@@ -57,7 +58,6 @@ from hub.settings import DeviceSettings, Settings, StreamSettings
 from hub.tcp import codec as proto
 from hub.tcp.server import StreamServer
 
-TIMEOUT_FACTOR = float(os.environ.get("HUB_TEST_TIMEOUT_FACTOR", "1"))
 REPO = Path(__file__).resolve().parents[1]
 LISTEN = [sys.executable, "-m", "clients.py_cli.listen"]
 SECRET = b"x" * 32
@@ -76,7 +76,7 @@ WINDOW = SAMPLE_RATE // 10  # 100 ms
 
 def timeout(seconds: float = 10.0) -> float:
     """A sanity bound for one wait, scaled for slow machines."""
-    return seconds * TIMEOUT_FACTOR
+    return scaled(seconds)
 
 
 def swelling_tone(freq: float, seconds: float, rate: int) -> Pcm:

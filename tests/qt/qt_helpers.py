@@ -15,13 +15,12 @@ import pytest
 from fake_device_server import FakeDeviceService, FakeServer, encode, sine
 from PyQt5.QtTest import QTest
 from PyQt5.QtWidgets import QApplication
+from waiting import scaled
 
 from clients.qt_device.audio import AudioSink, RecordingSink, WavSink
 from clients.qt_device.device import SimulatedDevice, build_device
 from clients.qt_device.loop import LoopThread
 
-# Scales every wait, for slow machines: HUB_TEST_TIMEOUT_FACTOR=3 pytest ...
-TIMEOUT_FACTOR = float(os.environ.get("HUB_TEST_TIMEOUT_FACTOR", "1"))
 PLAY_SECONDS = 0.3
 
 WaitUntil = Callable[..., None]
@@ -35,12 +34,11 @@ def qapp() -> QApplication:
 
 def _wait_until(predicate: Callable[[], object], what: str, timeout: float = 5.0) -> None:
     """Spin the Qt event loop until ``predicate()`` holds; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout * TIMEOUT_FACTOR
+    bound = scaled(timeout)  # HUB_TEST_TIMEOUT_FACTOR=3 pytest ... on slow machines
+    deadline = time.monotonic() + bound
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout * TIMEOUT_FACTOR:g} s waiting for {what}"
-            )
+            raise AssertionError(f"timed out after {bound:g} s waiting for {what}")
         # Processes queued signals for up to 10 ms. (PyQt5's stub wrongly
         # declares this static method as an instance method.)
         QTest.qWait(10)  # type: ignore[call-arg, arg-type]

@@ -210,6 +210,7 @@ class PromptLines:
     async def read(self) -> str | None:
         if self._pasted:
             return self._pasted.popleft()
+        self._left = ""
         self._prompting = True
         try:
             # SIGINT stays with the program's own handler (the prompt sees

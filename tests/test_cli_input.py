@@ -10,6 +10,7 @@ mode and on a pseudo-terminal, against a hub server process.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -106,6 +107,29 @@ def test_piped_lines_the_server_would_refuse_are_reported_and_the_rest_sent(
         "[TIME] <<Client>>: not sent (message must not contain control characters): \\x1b",
     ]
     assert not any("stream error" in line for line in writer.lines), writer.lines
+    assert writer.transcript()[-1] == "[TIME] <<Client>>: logging out"
+
+
+def test_a_signal_during_a_paced_burst_says_what_was_not_sent(procs: Procs) -> None:
+    _, port = procs.server()
+    watcher = procs.client(port, "watcher")
+    watcher.join("watcher")
+
+    writer = procs.client(port, "writer")
+    assert writer.popen.stdin is not None
+    writer.popen.stdin.write("".join(f"line {n}\n" for n in range(100)).encode())
+    writer.popen.stdin.flush()  # and left open
+    watcher.expect_line("writer: line 30")  # past the burst: paced
+    writer.signal(signal.SIGTERM)
+    assert writer.wait() == 0
+
+    unsent = [line for line in writer.transcript() if "not sent" in line]
+    assert len(unsent) == 6, writer.transcript()
+    first = int(unsent[0].rsplit(" ", 1)[1])
+    assert first > 30
+    assert unsent[:5] == [f"[TIME] <<Client>>: not sent: line {n}" for n in range(first, first + 5)]
+    more = re.fullmatch(r"\[TIME\] <<Client>>: not sent: (\d+) more lines", unsent[5])
+    assert more is not None and first + 5 + int(more[1]) <= 100
     assert writer.transcript()[-1] == "[TIME] <<Client>>: logging out"
 
 

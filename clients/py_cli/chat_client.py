@@ -87,6 +87,8 @@ async def _write(call: grpc.aio.StreamStreamCall, request: chat_pb2.StreamReques
     if send is None:
         await call.write(request)
         return
+    if call.done():
+        raise StreamEnded("the stream has ended")
     try:
         # As ``write`` does: our own headers go first (not the server's, which
         # a server may send only with its first message).

@@ -98,7 +98,8 @@ class Outbox:
         self._printer = printer
         self._pacer = pacer
         self._queue: asyncio.Queue[Typed | None] = asyncio.Queue(OUTBOX_MAX)
-        self._in_hand: list[Typed] = []  # taken from the source or the queue, not yet done
+        self._sending: Typed | None = None  # taken from the queue, not yet sent
+        self._queuing: Typed | None = None  # read, waiting for room in the queue
         self.input_ended = asyncio.Event()
 
     async def take_input(self) -> None:
@@ -106,9 +107,9 @@ class Outbox:
         while (text := await self._source.read()) is not None:
             typed = self._triage(text)
             if typed is not None:
-                self._in_hand.append(typed)
+                self._queuing = typed
                 await self._queue.put(typed)
-                self._in_hand.remove(typed)
+                self._queuing = None
         self.input_ended.set()
         await self._queue.put(None)
 
@@ -129,7 +130,7 @@ class Outbox:
         True once the end of input is reached, False if the stream is gone.
         """
         while (typed := await self._queue.get()) is not None:
-            self._in_hand.append(typed)
+            self._sending = typed
             if typed.command:
                 await rooms.run(typed.text)
             else:
@@ -140,14 +141,15 @@ class Outbox:
                     # The stream has ended; the receiver reports why.
                     log.debug("failed to send message: %s", error)
                     return False
-            self._in_hand.remove(typed)
+            self._sending = None
         return True
 
     def unsent(self) -> list[str]:
         """The messages typed but not sent, in order; takes them (for the way out)."""
-        typed = [*self._in_hand]
+        typed = [self._sending]
         while not self._queue.empty():
-            if (queued := self._queue.get_nowait()) is not None:
-                typed.append(queued)
-        self._in_hand.clear()
-        return [t.text for t in typed if not t.command] + self._source.unsent()
+            typed.append(self._queue.get_nowait())
+        typed.append(self._queuing)
+        self._sending = self._queuing = None
+        messages = [t.text for t in typed if t is not None and not t.command]
+        return messages + self._source.unsent()

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import termios
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -168,6 +171,63 @@ def test_a_long_paste_at_the_prompt_is_paced_and_its_refused_lines_reported(
     alice.type("\x04")
     assert alice.wait() == 0
     assert "stream error" not in alice.screen_text()
+
+
+def test_ctrl_c_during_a_long_paste_leaves_at_once_and_says_what_was_not_sent(
+    procs: Procs,
+) -> None:
+    _, port = procs.server()
+    bob = procs.client(port, "bob")
+    bob.join("bob")
+    alice = procs.terminal(port, "alice")
+    mark = prompt_up(alice)
+
+    alice.type("\x1b[200~" + "\n".join(f"pasted {n}" for n in range(400)) + "\x1b[201~\r")
+    bob.expect_line("alice: pasted 30")  # 20 a second: most of it is still to go
+    started = time.monotonic()
+    alice.type("\x03")
+    assert alice.wait(1.0) == 0
+    assert time.monotonic() - started < timeout(1.0)
+    mark = alice.wait_for(r"<<Client>>: not sent: pasted \d+\r?\n", mark)
+    mark = alice.wait_for(r"<<Client>>: not sent: \d+ more lines\r?\n", mark)
+    alice.wait_for(r"<<Client>>: logging out", mark)
+
+
+def test_the_terminal_stays_raw_between_prompts(procs: Procs) -> None:
+    """Keys typed just after Enter wait for the next prompt.
+
+    Were the terminal given back its own mode between two prompts, a key
+    typed then would go to its driver: echoed over the screen, Ctrl-C as
+    SIGINT, Ctrl-D swallowed (it later reads as a NUL, and the client stays).
+    """
+    _, port = procs.server()
+    bob = procs.client(port, "bob")
+    bob.join("bob")
+    alice = procs.terminal(port, "alice")
+    prompt_up(alice)
+
+    cooked: list[int] = []
+    done = threading.Event()
+
+    def watch_the_mode() -> None:
+        while not done.wait(0.0002):
+            if termios.tcgetattr(alice.master)[3] & termios.ICANON:
+                cooked.append(1)
+
+    watcher = threading.Thread(target=watch_the_mode)
+    watcher.start()
+    try:
+        for n in range(10):
+            alice.type(f"line {n}\r")
+            bob.expect_line(f"alice: line {n}")
+    finally:
+        done.set()
+        watcher.join()
+    assert cooked == []
+    alice.type("last\r")
+    alice.type("\x04")
+    assert alice.wait() == 0
+    bob.expect_line("alice: last")
 
 
 def test_escape_garbage_typed_at_the_prompt_prints_no_traceback_and_loses_no_text(

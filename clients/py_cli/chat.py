@@ -34,7 +34,7 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar
 import grpc
 
 from clients.py_cli.chat_client import ChatClient, ConnectTimeout, error_text, rpc_error_text
-from clients.py_cli.outbox import PACE_BURST, PACE_RATE, Outbox, Pacer
+from clients.py_cli.outbox import OUTBOX_MAX, PACE_BURST, PACE_RATE, Outbox, Pacer
 from clients.py_cli.rooms import RoomControl
 from clients.py_cli.terminal import (
     LineSource,
@@ -238,7 +238,11 @@ async def run_session(
     once the stream is open. Before then, Ctrl-D at a terminal means leave;
     a pipe's end means only that the lines before it are all there is.
     """
-    outbox = Outbox(source, printer, Pacer(PACE_RATE, PACE_BURST))
+    # Typed lines are never held back from the queue, so the prompt stays up
+    # (and reads Ctrl-C) while a long paste is sent.
+    outbox = Outbox(
+        source, printer, Pacer(PACE_RATE, PACE_BURST), limit=0 if terminal else OUTBOX_MAX
+    )
     reading = asyncio.create_task(outbox.take_input(), name="read")
     try:
         stops = (signalled, outbox.input_ended) if terminal else (signalled,)

@@ -38,8 +38,9 @@ SERVER_DEFAULTS = ChatSettings()
 # connection: a second's worth) without a refusal.
 PACE_RATE = SERVER_DEFAULTS.rate_per_second
 PACE_BURST = SERVER_DEFAULTS.rate_burst / 2
-# Lines read ahead of the sender: a long paste fits; a huge piped file is
-# read only as fast as it is sent.
+# Piped lines read ahead of the sender: a huge piped file is read only as
+# fast as it is sent. (Typed lines are not bounded here: the prompt must stay
+# up, to read Ctrl-C, while a paste is sent; a paste is bounded by its size.)
 OUTBOX_MAX = 256
 # How much of a refused line its refusal shows.
 PREVIEW_CHARS = 60
@@ -93,11 +94,14 @@ class Outbox:
     says what never went.
     """
 
-    def __init__(self, source: LineSource, printer: Printer, pacer: Pacer) -> None:
+    def __init__(
+        self, source: LineSource, printer: Printer, pacer: Pacer, *, limit: int = OUTBOX_MAX
+    ) -> None:
+        """``limit``: lines queued at most (0: no limit)."""
         self._source = source
         self._printer = printer
         self._pacer = pacer
-        self._queue: asyncio.Queue[Typed | None] = asyncio.Queue(OUTBOX_MAX)
+        self._queue: asyncio.Queue[Typed | None] = asyncio.Queue(limit)
         self._sending: Typed | None = None  # taken from the queue, not yet sent
         self._queuing: Typed | None = None  # read, waiting for room in the queue
         self.input_ended = asyncio.Event()

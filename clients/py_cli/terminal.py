@@ -24,7 +24,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, redirect_stdout
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from typing import Any, Protocol
 
 from prompt_toolkit import PromptSession
@@ -193,10 +193,21 @@ class PromptLines:
     Ctrl-C ends the input, after calling ``on_interrupt`` if given. No
     keystroke ends it otherwise: the session gets ``ignore_mouse_reports`` and
     ``contain_key_errors``.
+
+    With ``hold_raw_mode``, from the first ``read`` until the input ends or
+    ``close`` (which the owner must then call), the terminal stays in raw
+    mode between prompts too: a key typed just after Enter, before the next
+    prompt is up, waits for that prompt instead of going to the terminal
+    driver, which would echo it over the screen, turn Ctrl-C into SIGINT and
+    swallow Ctrl-D (it then reads as a NUL).
     """
 
     def __init__(
-        self, session: PromptSession[str], on_interrupt: Callable[[], None] | None = None
+        self,
+        session: PromptSession[str],
+        on_interrupt: Callable[[], None] | None = None,
+        *,
+        hold_raw_mode: bool = False,
     ) -> None:
         own = [session.key_bindings] if session.key_bindings is not None else []
         session.key_bindings = merge_key_bindings([ignore_mouse_reports(), *own])
@@ -206,10 +217,16 @@ class PromptLines:
         self._pasted: deque[str] = deque()  # the rest of an accepted paste
         self._prompting = False
         self._left = ""  # what the prompt held when Ctrl-C was pressed
+        self._hold_raw_mode = hold_raw_mode
+        self._raw = ExitStack()
+        self._raw_mode_held = False
 
     async def read(self) -> str | None:
         if self._pasted:
             return self._pasted.popleft()
+        if self._hold_raw_mode and not self._raw_mode_held:
+            self._raw.enter_context(self._session.input.raw_mode())
+            self._raw_mode_held = True
         self._left = ""
         self._prompting = True
         try:
@@ -220,12 +237,17 @@ class PromptLines:
                 handle_sigint=False, set_exception_handler=False
             )
         except EOFError:
+            self.close()
             return None
         except KeyboardInterrupt:
             self._left = self._session.default_buffer.text
+            self.close()
             if self._on_interrupt is not None:
                 self._on_interrupt()
             return None
+        except asyncio.CancelledError:  # no more reading
+            self.close()
+            raise
         finally:
             self._prompting = False
         first, *rest = pasted_lines(text)
@@ -235,6 +257,11 @@ class PromptLines:
     def unsent(self) -> list[str]:
         typed = self._session.default_buffer.text if self._prompting else self._left
         return [*self._pasted, *([typed] if typed else [])]
+
+    def close(self) -> None:
+        """Give the terminal back its own mode."""
+        self._raw.close()
+        self._raw_mode_held = False
 
 
 @contextmanager
@@ -258,7 +285,11 @@ def interactive(
     # prompt; raw, so the printer's colours pass through.
     with patch_stdout(raw=True):
         session: PromptSession[str] = PromptSession(PROMPT, erase_when_done=True)
-        yield PromptLines(session, on_interrupt), Printer(sys.stderr, color=color)
+        lines = PromptLines(session, on_interrupt, hold_raw_mode=True)
+        try:
+            yield lines, Printer(sys.stderr, color=color)
+        finally:
+            lines.close()
 
 
 @contextmanager

@@ -74,6 +74,17 @@ class StreamSettings:
     request_burst: float = 40.0
     # One open file descriptor each; past this, new clients get `unavailable`.
     max_connections: int = 4096
+    # Added for the handshake bound (issue 11): from connect to WELCOME a
+    # client has this long, however it trickles its bytes (the idle timer is
+    # reset by every byte, so it alone lets a peer dripping one byte at a time
+    # hold a connection for ever). A HELLO is one small frame: 5 s is ample on
+    # a slow mobile link and frees a stranger's slot quickly.
+    handshake_timeout: float = 5.0
+    # Added with it: connections from one peer address at once; past this a
+    # new one is refused at connect with `unavailable`. A household or an
+    # office behind one NAT address runs a few players each; 64 leaves them
+    # room while one host cannot take more than 64 of the max_connections.
+    max_connections_per_peer: int = 64
 
 
 @dataclass(frozen=True, slots=True)

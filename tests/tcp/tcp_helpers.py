@@ -63,17 +63,24 @@ ALPHA, BRAVO, CHARLIE, DELTA = 1, 2, 3, 4
 ROOM_MODE_SECONDS = (2.0, 1.0)
 
 
-def tone(freq: float, seconds: float, amplitude: float = 0.4) -> Pcm:
+def tone(freq: float, seconds: float, amplitude: float = 0.4, samplerate: int = SAMPLE_RATE) -> Pcm:
     """A sine with 10 ms fades (no clicks), plus a soft overtone."""
-    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    t = np.arange(round(seconds * samplerate)) / samplerate
     fade = np.minimum(1.0, np.minimum(t, seconds - t) / 0.01)
     wave = amplitude * np.sin(2 * np.pi * freq * t) + 0.1 * np.sin(2 * np.pi * 2.01 * freq * t)
     out: Pcm = (fade * wave).astype(np.float32)
     return out
 
 
-def write_tone(path: Path, freq: float, seconds: float, subtype: str | None = None) -> Path:
-    sf.write(path, tone(freq, seconds), SAMPLE_RATE, subtype=subtype)
+def write_tone(
+    path: Path,
+    freq: float,
+    seconds: float,
+    subtype: str | None = None,
+    *,
+    samplerate: int = SAMPLE_RATE,
+) -> Path:
+    sf.write(path, tone(freq, seconds, samplerate=samplerate), samplerate, subtype=subtype)
     return path
 
 

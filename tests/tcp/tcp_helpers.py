@@ -35,9 +35,11 @@ from stock_device import StockDevice
 from hub.audio.library import SoundLibrary
 from hub.audio.music import MusicFolder
 from hub.audio.sources import SAMPLE_RATE, FileSound, GeneratedSound, Pcm
+from hub.clock import Clock
 from hub.core.broker import Broker
 from hub.core.hub import Hub
 from hub.settings import DeviceSettings, Settings, StreamSettings
+from hub.tcp.codec import ListResult, ListTracks
 from hub.tcp.server import StreamServer
 
 SECRET = b"x" * 32
@@ -149,11 +151,14 @@ async def serve(music: Path, room_library: SoundLibrary) -> AsyncIterator[Serve]
             grpc: bool = False,
             folder: Path | None = None,
             broker: Broker | None = None,
+            clock: Clock | None = None,
         ) -> Served:
             settings = Settings(
                 stream=stream or StreamSettings(), devices=devices or DeviceSettings()
             )
-            hub = Hub(settings, secret=SECRET, library=library or room_library, broker=broker)
+            hub = Hub(
+                settings, secret=SECRET, library=library or room_library, broker=broker, clock=clock
+            )
             grpc_address = None
             if grpc:
                 grpc_address, _ = await run_hub(stack, hub)
@@ -214,3 +219,14 @@ async def new_device(serve: Serve) -> AsyncIterator[NewDevice]:
             problems.append(str(error))
         await device.disconnect()
     assert not problems, problems
+
+
+async def list_tracks(client: RawClient) -> list[tuple[int, str, int | None]]:
+    """LIST, and every page of its answer: (id, title, duration in ms)."""
+    client.send(ListTracks())
+    tracks = []
+    while True:
+        page = await client.next(ListResult)
+        tracks += [(t.track_id, t.title, t.duration_ms) for t in page.tracks]
+        if not page.more:
+            return tracks

@@ -9,6 +9,7 @@ replies are read through the reference codec (``RawClient``).
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -114,6 +115,12 @@ async def test_a_peer_that_drips_its_hello_is_closed_at_the_deadline(
     began = time.monotonic()
     dripper = await connect(served.address, hello=False)
     silent = await connect(served.address, hello=False)
+    # Never reads, never closes: cut off once its ERROR has lingered for the
+    # handshake deadline too (not for the idle timeout).
+    stubborn = socket.socket()
+    stubborn.setblocking(False)
+    host, _, port = served.address.rpartition(":")
+    await asyncio.get_running_loop().sock_connect(stubborn, (host, int(port)))
     hello = encode(Hello(PROTOCOL_VERSION, "drip" * 16))  # 75 bytes: 3.75 s at this pace
     sent = 0
     while not dripper.closed and sent < len(hello):
@@ -134,6 +141,7 @@ async def test_a_peer_that_drips_its_hello_is_closed_at_the_deadline(
     honest.send(Ping(1))
     assert (await honest.next(Pong)).nonce == 1
     await eventually(lambda: len(served.server.clients) == 1, "only the honest one left")
+    stubborn.close()
 
 
 async def test_connections_per_address_are_bounded(serve: Serve, connect: Connect) -> None:

@@ -31,6 +31,7 @@ from tcp_helpers import (
     NewDevice,
     Serve,
     Served,
+    list_tracks,
     noise_sound,
     tone,
     write_tone,
@@ -73,16 +74,6 @@ from hub.tcp.codec import (
 from hub.tcp.server import ClientConnection, StreamServer
 
 pytestmark = pytest.mark.asyncio
-
-
-async def list_tracks(client: RawClient) -> list[tuple[int, str, int | None]]:
-    client.send(ListTracks())
-    tracks = []
-    while True:
-        page = await client.next(ListResult)
-        tracks += [(t.track_id, t.title, t.duration_ms) for t in page.tracks]
-        if not page.more:
-            return tracks
 
 
 # -- handshake -----------------------------------------------------------------

@@ -40,7 +40,7 @@ from hub.core.broker import Broker
 from hub.core.hub import Hub
 from hub.settings import DeviceSettings, Settings, StreamSettings
 from hub.tcp.codec import ListResult, ListTracks
-from hub.tcp.server import StreamServer
+from hub.tcp.server import ClientConnection, StreamServer
 
 SECRET = b"x" * 32
 
@@ -230,3 +230,9 @@ async def list_tracks(client: RawClient) -> list[tuple[int, str, int | None]]:
         tracks += [(t.track_id, t.title, t.duration_ms) for t in page.tracks]
         if not page.more:
             return tracks
+
+
+def connection_of(server: StreamServer, client: RawClient) -> ClientConnection:
+    """The server's side of ``client``'s connection (found by its session id)."""
+    assert client.welcome is not None
+    return next(c for c in server.clients if c.id == client.welcome.session_id)

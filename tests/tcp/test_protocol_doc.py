@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from chat_helpers import eventually
-from raw_client import RawClient
-from tcp_helpers import BRAVO, Connect, Serve, list_tracks, write_tone
+from tcp_helpers import BRAVO, Connect, Serve, connection_of, list_tracks, write_tone
 
 from hub.audio.opus import OpusSettings
 from hub.audio.sources import SAMPLE_RATE
@@ -39,16 +38,11 @@ from hub.tcp.codec import (
     StreamStart,
     encode,
 )
-from hub.tcp.server import ClientConnection, StreamServer
+from hub.tcp.server import ClientConnection
 
 pytestmark = pytest.mark.asyncio
 
 NOISE = 5  # "99 - noise.wav" sorts after the fixture's four tracks
-
-
-def connection_of(server: StreamServer, client: RawClient) -> ClientConnection:
-    assert client.welcome is not None
-    return next(c for c in server.clients if c.id == client.welcome.session_id)
 
 
 def count_written_audio(connection: ClientConnection) -> dict[int, int]:

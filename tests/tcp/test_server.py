@@ -31,6 +31,7 @@ from tcp_helpers import (
     NewDevice,
     Serve,
     Served,
+    connection_of,
     list_tracks,
     noise_sound,
     tone,
@@ -71,7 +72,7 @@ from hub.tcp.codec import (
     StreamStart,
     encode,
 )
-from hub.tcp.server import ClientConnection, StreamServer
+from hub.tcp.server import ClientConnection
 
 pytestmark = pytest.mark.asyncio
 
@@ -610,11 +611,6 @@ async def test_clients_come_and_go_while_others_stream(serve: Serve, connect: Co
 
 
 # -- slow clients -------------------------------------------------------------------
-
-
-def connection_of(server: StreamServer, client: RawClient) -> ClientConnection:
-    assert client.welcome is not None
-    return next(c for c in server.clients if c.id == client.welcome.session_id)
 
 
 def record_peak_buffer(connection: ClientConnection) -> Callable[[], int]:

@@ -199,11 +199,14 @@ class EncodedSound:
 
     async def close(self) -> None:
         """Release the encoding run of a sound not encoded to its end (once
-        the chunk under way, if any, is done). A later reader starts anew."""
+        the chunk under way, if any, is done). The list can then no longer be
+        extended without a gap, so the entry counts as failed: its readers
+        raise, and the cache gives the next one a fresh entry."""
         await self.idle()
         run, self._run = self._run, None
         if run is not None:
             run.close()
+            self._error = RuntimeError(f"encoding {self.sound.title!r} was closed")
 
     def warm(self) -> None:
         """Start encoding the first chunk in the background, if nothing is yet.

@@ -246,7 +246,8 @@ class DeviceService:
 
         async def report(response: comms_pb2.DeviceStatusResponse) -> None:
             if response.WhichOneof("response") == "status" and response.status != "success":
-                log.warning("device %s in %s: %s", peer, room.id, response.status[:200])
+                # %r: the device's text must not forge log lines or drive a terminal.
+                log.warning("device %s in %s: %r", peer, room.id, response.status[:200])
 
         # The reader ends the stream (through ``updates``) if a response is refused.
         reader = asyncio.create_task(consume(responses, report, updates, updates.label))

@@ -844,7 +844,7 @@ WRONG = (Code.UNAUTHENTICATED, "password is incorrect")
 
 
 async def test_failed_logins_are_throttled_per_peer_address(
-    serve_hub: ServeHub, open_channel: OpenChannel
+    serve_hub: ServeHub, open_channel: OpenChannel, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()  # the budget refills only when the test says so
     served = await serve_hub(throttled(), clock=clock, **chat_only())
@@ -872,6 +872,10 @@ async def test_failed_logins_are_throttled_per_peer_address(
     assert await login_code(guesser, "guess") == refused
     clock.advance(2.0)
     assert await login_code(guesser, PASSWORD) == (Code.OK, "")
+    # The operator is told who is guessing (and never what).
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "127.0.0.1: too many failed logins, throttled" in warned
+    assert not any("guess" in line for line in warned)
 
 
 async def test_successful_logins_are_never_throttled(

@@ -164,6 +164,24 @@ def test_a_refused_login_prints_the_go_error(
     assert client.transcript() == [f"[TIME] <<Process>>: failed to login: rpc error: {error}"]
 
 
+def test_the_login_throttle_is_set_by_flags(procs: Procs) -> None:
+    _, port = procs.server(
+        "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none",
+        "--stream-address", "none", "--login-failure-burst", "1", "--login-failure-rate", "0.25",
+    )  # fmt: skip
+    first = procs.client(port, "mallory", "guess")
+    assert first.wait() == 1
+    second = procs.client(port, "mallory", "guess")
+    assert second.wait() == 1
+    # A 4 s wait, less what passed between the two (ceiled): timing-free.
+    (line,) = second.transcript()
+    assert re.fullmatch(
+        r"\[TIME\] <<Process>>: failed to login: rpc error: code = ResourceExhausted "
+        r"desc = too many failed logins, retry in [1-4] s",
+        line,
+    ), line
+
+
 def test_no_server_is_a_dial_timeout(procs: Procs) -> None:
     started = time.monotonic()
     client = procs.client(closed_port(), "alice")

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError, Message
 
 from hub.audio.library import SoundLibrary
 from hub.audio.sources import long_sound
+from hub.core.ratelimit import LOG_LINES_BURST, LOG_LINES_PER_SECOND
 from hub.proto import chat_pb2, comms_pb2
 from hub.rpc import methods
 from hub.rpc.chat import TOKEN_HEADER
@@ -207,7 +208,7 @@ async def test_every_method_answers_malformed_bytes_invalid_argument_without_a_t
     assert warned, "malformed requests are logged"
     assert all(r.levelno == logging.WARNING for r in warned)
     # Rate-limited: a few lines a second per service (three services), not 1,000.
-    bound = 3 * (methods.WARNINGS_BURST + methods.WARNINGS_PER_SECOND * (elapsed + 1))
+    bound = 3 * (LOG_LINES_BURST + LOG_LINES_PER_SECOND * (elapsed + 1))
     assert len(warned) <= bound, (len(warned), elapsed)
 
     # The hub goes on serving, the fuzzer's own session included.

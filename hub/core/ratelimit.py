@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 
 from hub.clock import Clock
@@ -76,3 +77,35 @@ class FailureThrottle:
             self._buckets.popitem(last=False)
         bucket.take()
         return bucket.wait() > 0
+
+
+# What strangers make the hub log (malformed requests, password guessing)
+# must reach the operator without a flood of it flooding the log: a few
+# lines a second per source of warnings, each saying how many were left out.
+LOG_LINES_PER_SECOND = 1.0
+LOG_LINES_BURST = 5.0
+
+
+class RateLimitedLog:
+    """Warnings at most ``rate`` a second (bursts of ``burst``); the rest counted."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        clock: Clock,
+        rate: float = LOG_LINES_PER_SECOND,
+        burst: float = LOG_LINES_BURST,
+    ) -> None:
+        self._logger = logger
+        self._bucket = TokenBucket(rate, burst, clock)
+        self._left_out = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        if not self._bucket.take():
+            self._left_out += 1
+            return
+        left_out, self._left_out = self._left_out, 0
+        if left_out:
+            message += " (%d more left out of the log)"
+            args = (*args, left_out)
+        self._logger.warning(message, *args, stacklevel=2)

@@ -17,7 +17,7 @@ import grpc
 from hub.core.events import ServerShutdown, UserJoined, UserLeft, UserMessage
 from hub.core.hub import Hub
 from hub.core.publication import Publication
-from hub.core.ratelimit import FailureThrottle
+from hub.core.ratelimit import FailureThrottle, RateLimitedLog
 from hub.core.sessions import Session
 from hub.core.subscription import Subscription
 from hub.errors import HubError, ResourceExhausted, Unauthenticated, Unavailable
@@ -59,6 +59,7 @@ class ChatService:
             settings.login_peers_max,
             hub.clock,
         )
+        self._throttle_log = RateLimitedLog(log, hub.clock)
 
     async def login(
         self, request: chat_pb2.LoginRequest, context: grpc.aio.ServicerContext
@@ -73,7 +74,7 @@ class ChatService:
             _, token = await self._hub.chat.login(request.name, request.password)
         except Unauthenticated:
             if self._failed_logins.failed(peer):
-                log.warning("%s: too many failed logins, throttled", peer)
+                self._throttle_log.warning("%s: too many failed logins, throttled", peer)
             raise
         return chat_pb2.LoginResponse(token=token).SerializeToString()
 

@@ -6,7 +6,8 @@ traceback in the log, per request (and on a stream, the end of it with
 ``UNAVAILABLE``). Bad bytes are the client's fault, so every method is
 registered here without a deserializer and its requests are parsed here: one
 that does not parse is refused with ``INVALID_ARGUMENT`` "malformed TYPE",
-and logged as one warning line, a few a second at most, never a traceback.
+and logged as one warning line, a few a second at most (RateLimitedLog),
+never a traceback.
 
 A stream's requests are parsed as they are read: the first that does not
 parse raises ``InvalidArgument`` from the request iterator, and the stream
@@ -29,7 +30,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from hub.clock import Clock
-from hub.core.ratelimit import TokenBucket
+from hub.core.ratelimit import RateLimitedLog
 from hub.errors import HubError, InvalidArgument, Unavailable
 from hub.rpc.status import abort
 
@@ -38,12 +39,6 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 # What a streaming handler is: an async generator of serialized responses.
 Responses = AsyncGenerator[bytes, None]
-
-# Malformed requests are logged so that an operator sees an attack or a
-# broken client, but a flood of them must not flood the log: a few lines a
-# second per service, and the next line says how many were left out.
-WARNINGS_PER_SECOND = 1.0
-WARNINGS_BURST = 5.0
 
 
 class Closeable(Protocol):
@@ -58,8 +53,8 @@ class Methods:
     def __init__(self, service: str, clock: Clock) -> None:
         self.service = service
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
-        self._warnings = TokenBucket(WARNINGS_PER_SECOND, WARNINGS_BURST, clock)
-        self._unlogged = 0
+        # An operator should see an attack or a broken client, not a flood.
+        self._warnings = RateLimitedLog(log, clock)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(self.service, self._handlers)
@@ -137,17 +132,8 @@ class Methods:
             yield self.parse(request_type, data, method, context)
 
     def _warn(self, type_name: str, method: str, context: grpc.aio.ServicerContext) -> None:
-        if not self._warnings.take():
-            self._unlogged += 1
-            return
-        unlogged, self._unlogged = self._unlogged, 0
-        log.warning(
-            "malformed %s from %s to %s/%s refused%s",
-            type_name,
-            context.peer(),
-            self.service,
-            method,
-            f" ({unlogged} more left out of the log)" if unlogged else "",
+        self._warnings.warning(
+            "malformed %s from %s to %s/%s refused", type_name, context.peer(), self.service, method
         )
 
 

@@ -1,7 +1,8 @@
 """The hub's Rooms service (chat.proto): chat users watching and pressing rooms.
 
 Watching is not presence: a watcher neither keeps a room's sound playing
-nor shows up among its devices.
+nor shows up among its devices. A watch belongs to its token's session:
+Logout or expiry ends it with UNAUTHENTICATED (hub.rpc.sessionbound).
 """
 
 from __future__ import annotations

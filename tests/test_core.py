@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from chat_helpers import SECRET, timeout
+from fake_clock import FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,25 +30,6 @@ from hub.errors import (
     Unavailable,
 )
 from hub.settings import ChatSettings, Settings
-
-
-class FakeClock:
-    """Time that moves only when told to."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now
-
-    async def sleep_until(self, deadline: float) -> None:
-        raise NotImplementedError
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def pub(event: Any = "e", *, droppable: bool = False, channel: str = "c") -> Publication:

@@ -5,27 +5,14 @@ from __future__ import annotations
 import logging
 
 import pytest
+from fake_clock import FakeClock
 
 from hub.core.ratelimit import FailureThrottle, RateLimitedLog
 from hub.rpc.status import peer_address
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now
-
-    async def sleep_until(self, deadline: float) -> None:
-        raise NotImplementedError
-
-
 def test_failures_are_free_up_to_the_burst_then_one_per_interval() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     throttle = FailureThrottle(rate=0.5, burst=3, max_keys=10, clock=clock)
     assert throttle.wait("a") == 0
     assert [throttle.failed("a") for _ in range(3)] == [False, False, True]
@@ -38,7 +25,7 @@ def test_failures_are_free_up_to_the_burst_then_one_per_interval() -> None:
 
 
 def test_the_throttle_remembers_at_most_max_keys_least_recent_out_first() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     throttle = FailureThrottle(rate=0.5, burst=1, max_keys=3, clock=clock)
     for key in ("a", "b", "c"):
         throttle.failed(key)
@@ -50,14 +37,14 @@ def test_the_throttle_remembers_at_most_max_keys_least_recent_out_first() -> Non
 
 
 def test_a_rate_of_zero_turns_the_throttle_off() -> None:
-    throttle = FailureThrottle(rate=0, burst=1, max_keys=3, clock=Clock())
+    throttle = FailureThrottle(rate=0, burst=1, max_keys=3, clock=FakeClock(0.0))
     for _ in range(100):
         throttle.failed("a")
     assert throttle.wait("a") == 0 and len(throttle) == 0
 
 
 def test_rate_limited_log_counts_what_it_leaves_out(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     limited = RateLimitedLog(logging.getLogger("test.ratelimit"), clock, rate=1.0, burst=2)
     for n in range(10):
         limited.warning("bad thing %d", n)

@@ -37,6 +37,7 @@ from hub.rpc.status import abort
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+R = TypeVar("R")  # what gRPC hands a method: bytes, or an iterator of them
 # What a streaming handler is: an async generator of serialized responses.
 Responses = AsyncGenerator[bytes, None]
 
@@ -80,16 +81,10 @@ class Methods:
         behaviour: Callable[[M, grpc.aio.ServicerContext], Responses],
         request_type: type[M],
     ) -> None:
-        async def method(data: bytes, context: grpc.aio.ServicerContext) -> Responses:
-            try:
-                request = self.parse(request_type, data, name, context)
-                async with aclosing(behaviour(request, context)) as responses:
-                    async for response in responses:
-                        yield response
-            except HubError as error:
-                await abort(context, error)
+        def start(data: bytes, context: grpc.aio.ServicerContext) -> Responses:
+            return behaviour(self.parse(request_type, data, name, context), context)
 
-        self._handlers[name] = grpc.unary_stream_rpc_method_handler(method)
+        self._handlers[name] = grpc.unary_stream_rpc_method_handler(_streaming(start))
 
     def stream_stream(
         self,
@@ -97,18 +92,10 @@ class Methods:
         behaviour: Callable[[AsyncIterator[M], grpc.aio.ServicerContext], Responses],
         request_type: type[M],
     ) -> None:
-        async def method(
-            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-        ) -> Responses:
-            parsed = self.parse_each(request_type, requests, name, context)
-            try:
-                async with aclosing(behaviour(parsed, context)) as responses:
-                    async for response in responses:
-                        yield response
-            except HubError as error:
-                await abort(context, error)
+        def start(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Responses:
+            return behaviour(self.parse_each(request_type, requests, name, context), context)
 
-        self._handlers[name] = grpc.stream_stream_rpc_method_handler(method)
+        self._handlers[name] = grpc.stream_stream_rpc_method_handler(_streaming(start))
 
     def parse(
         self, request_type: type[M], data: bytes, method: str, context: grpc.aio.ServicerContext
@@ -135,6 +122,23 @@ class Methods:
         self._warnings.warning(
             "malformed %s from %s to %s/%s refused", type_name, context.peer(), self.service, method
         )
+
+
+def _streaming(
+    start: Callable[[R, grpc.aio.ServicerContext], Responses],
+) -> Callable[[R, grpc.aio.ServicerContext], Responses]:
+    """A streaming method: the responses of ``start(request, context)``, and
+    a HubError raised by ``start`` (a malformed request) or by them as status."""
+
+    async def method(request: R, context: grpc.aio.ServicerContext) -> Responses:
+        try:
+            async with aclosing(start(request, context)) as responses:
+                async for response in responses:
+                    yield response
+        except HubError as error:
+            await abort(context, error)
+
+    return method
 
 
 async def consume(

@@ -116,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="message burst per session (default %(default)s)",
     )
     srv.add_argument(
+        "--login-failure-rate",
+        type=float,
+        default=defaults.login_failure_rate,
+        help="failed logins a second per peer address once its burst is spent, "
+        "0 for no throttle (default %(default)s)",
+    )
+    srv.add_argument(
+        "--login-failure-burst",
+        type=float,
+        default=defaults.login_failure_burst,
+        help="failed logins per peer address before the throttle (default %(default)s)",
+    )
+    srv.add_argument(
         "--max-message-bytes",
         type=int,
         default=defaults.message_max_bytes,
@@ -239,6 +252,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
             rate_per_second=args.rate,
             rate_burst=args.burst,
             queue_max=args.queue,
+            login_failure_rate=args.login_failure_rate,
+            login_failure_burst=args.login_failure_burst,
         ),
         devices=DeviceSettings(
             require_token=args.device_token,

@@ -32,6 +32,18 @@ class ChatSettings:
     # 4 KiB bound one stream's backlog at 4 MiB, and at the default rate limit
     # it takes dozens of busy senders for a healthy client to get near it.
     queue_max: int = 1024
+    # Failed logins per peer address (IPv6: per /64, what one host is given):
+    # 10 free, then one more every 2 s, and while a peer is over, every Login
+    # from it is refused RESOURCE_EXHAUSTED before its password is checked.
+    # That cuts guessing from about 1,000 tries a second to one every 2 s,
+    # while a person who mistypes a few times never notices. Successful
+    # logins spend nothing, so honest clients, however many behind one
+    # address, are never held back. 0 disables the throttle.
+    login_failure_rate: float = 0.5
+    login_failure_burst: float = 10.0
+    # Peers remembered, the least recently failed forgotten first: bounds the
+    # memory a flood of addresses can take (about 200 bytes each).
+    login_peers_max: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from hub.core.publication import Publication
 from hub.core.sessions import Session
 from hub.core.subscription import Subscription
 from hub.errors import HubError, Unauthenticated, Unavailable
+from hub.logs import set_context
 from hub.proto import chat_pb2
 from hub.rpc.status import abort, metadata_value
 
@@ -53,6 +54,7 @@ class ChatService:
     async def login(
         self, request: chat_pb2.LoginRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
+        set_context(peer=context.peer())
         try:
             _, token = await self._hub.chat.login(request.name, request.password)
         except HubError as error:
@@ -62,6 +64,7 @@ class ChatService:
     async def logout(
         self, request: chat_pb2.LogoutRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
+        set_context(peer=context.peer())
         try:
             await self._hub.chat.logout(request.token)
         except HubError as error:
@@ -78,6 +81,8 @@ class ChatService:
             session = self._hub.chat.authenticate(token)
         except HubError as error:
             await abort(context, error)
+        set_context(session=session.id, peer=context.peer())
+        log.debug("stream opened")
         if self._hub.closing:
             await abort(context, Unavailable("server is shutting down"))
         async with self._hub.chat.stream(session) as subscription:

@@ -30,6 +30,7 @@ from hub.core.rooms import Admit, AudioGate, Room, check_room_id
 from hub.core.roomstate import Input
 from hub.core.subscription import Overflow, Subscription
 from hub.errors import HubError, PermissionDenied, Unauthenticated
+from hub.logs import set_context
 from hub.proto import comms_pb2
 from hub.rpc.chat import TOKEN_HEADER
 from hub.rpc.status import abort, metadata_value
@@ -190,6 +191,7 @@ class DeviceService:
 
     def _room(self, context: grpc.aio.ServicerContext) -> Room:
         room_id = check_room_id(metadata_value(context, DEVICE_ID_HEADER))
+        set_context(room=room_id, peer=context.peer())
         policy = self._hub.settings.devices
         if policy.requires_token(room_id):
             token = metadata_value(context, TOKEN_HEADER)

@@ -3,7 +3,10 @@
 Reference flags, same meanings and defaults: ``-s`` server mode, ``-p``
 password, ``-h`` host:port (where the server binds, or which server a client
 dials), ``-n`` the client's name, ``-v`` debug log. Since ``-h`` is taken, help
-is ``--help``.
+is ``--help``. Every option, and its HUB_* variable and config-file key, comes
+from the one table in hub/config.py. Two commands stand before the flags:
+``hub config`` prints the effective configuration, ``hub health`` probes a
+server (hub/probe.py, the image's HEALTHCHECK).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from typing import Any
 
 import grpc
@@ -43,10 +44,24 @@ def _health_stubs() -> tuple[Any, Any] | None:
 
 
 def _ready(channel: grpc.Channel, address: str) -> int:
+    """The channel's first settled state: READY, or a failure to connect
+    (refused at once, rather than retried until the timeout)."""
+    settled = threading.Event()
+    states: list[grpc.ChannelConnectivity] = []
+
+    def seen(state: grpc.ChannelConnectivity) -> None:
+        states.append(state)
+        if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+            settled.set()
+
+    channel.subscribe(seen, try_to_connect=True)
     try:
-        grpc.channel_ready_future(channel).result(timeout=PROBE_TIMEOUT)
-    except grpc.FutureTimeoutError:
-        sys.stdout.write(f"unhealthy: {address} did not answer within {PROBE_TIMEOUT:g} s\n")
+        settled.wait(PROBE_TIMEOUT)
+    finally:
+        channel.unsubscribe(seen)
+    if not states or states[-1] is not grpc.ChannelConnectivity.READY:
+        why = "refused" if settled.is_set() else f"no answer within {PROBE_TIMEOUT:g} s"
+        sys.stdout.write(f"unhealthy: {address}: {why}\n")
         return 1
     sys.stdout.write(f"healthy: {address} accepts gRPC (channel ready; no health service)\n")
     return 0

@@ -148,7 +148,7 @@ def _names_toml(value: object) -> str:
 
 TEXT = _text_kind()
 SECRET = _text_kind("text (a secret)", "SECRET")
-PATH = _text_kind("a path ('' for the default)", "PATH")
+PATH = _text_kind("a path", "PATH")
 NAMES = Kind("names separated by commas (or a TOML list)", str, _names_toml, "NAME,NAME")
 BOOL = Kind("true or false", _bool_text, _bool_toml)
 ADDRESS = _address_kind(may_be_none=False)
@@ -237,7 +237,7 @@ OPTIONS: tuple[Option, ...] = (
         "token_secret_file",
         PATH,
         "",
-        "file holding the token signing secret (when token_secret is not set)",
+        "file holding the token signing secret, read when token_secret is ''",
         SERVER,
     ),
     Option(
@@ -283,7 +283,13 @@ OPTIONS: tuple[Option, ...] = (
         "where to serve streaming over TCP (none: shut)",
         STREAMING,
     ),
-    Option("music", PATH, "", "the music folder listeners list and play", STREAMING),
+    Option(
+        "music",
+        PATH,
+        "",
+        "the music folder listeners list and play ('': the bundled hub/sounds/)",
+        STREAMING,
+    ),
     Option(
         "stream_token",
         BOOL,
@@ -291,7 +297,13 @@ OPTIONS: tuple[Option, ...] = (
         "listeners must send a valid token in HELLO",
         STREAMING,
     ),
-    Option("sounds", PATH, "", "folder of mode sounds, one mode per file in name order", DEVICES),
+    Option(
+        "sounds",
+        PATH,
+        "",
+        "folder of mode sounds, one mode per file in name order ('': the bundled ones)",
+        DEVICES,
+    ),
     Option("long_sound", BOOL, False, "add the 20-minute generated sound as a mode", DEVICES),
     Option(
         "device_token",
@@ -548,21 +560,23 @@ def load(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
 def markdown_table() -> str:
     """The README's option table: the one place a reader finds every option."""
     rows = [
-        "| flag | environment | file key | default | meaning |",
-        "|---|---|---|---|---|",
+        "| flag | environment | file key | default | value | meaning |",
+        "|---|---|---|---|---|---|",
     ]
     for option in OPTIONS:
-        flag = f"`{option.short}`, `{option.flag}`" if option.short else f"`{option.flag}`"
-        if option.kind is BOOL:
-            flag = f"`{option.flag}`, `--no-{option.flag[2:]}`"
         if not option.as_flag:
-            flag = "(none: a secret)"
+            flag = "none (a secret)"
+        elif option.kind is BOOL:
+            flag = f"`{option.flag}`, `--no-{option.flag[2:]}`"
+        elif option.short:
+            flag = f"`{option.short}`, `{option.flag}`"
+        else:
+            flag = f"`{option.flag}`"
         if option.name == "log_level":
             flag += ", `-v` (debug)"
-        default = _toml_value(option.default)
         rows.append(
-            f"| {flag} | `{option.env}` | `{option.key}` | `{default}` | {option.help} "
-            f"({option.kind.expects}) |"
+            f"| {flag} | `{option.env}` | `{option.key}` | `{_toml_value(option.default)}` "
+            f"| {option.kind.expects} | {option.help} |"
         )
     return "\n".join(rows) + "\n"
 

@@ -36,6 +36,7 @@ JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 # garble the log and still say nothing about a secret that weak.
 MIN_MASKED_SECRET = 4
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+HANDLER_NAME = "hub.logs"
 
 
 def set_context(
@@ -150,8 +151,12 @@ def configure(
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(secrets) if format == "json" else TextFormatter(secrets))
     handler.addFilter(ContextFilter())
+    handler.set_name(HANDLER_NAME)
     root = logging.getLogger()
+    # Replace only what an earlier call installed: handlers of others (a test
+    # harness capturing records) stay.
     for old in root.handlers[:]:
-        root.removeHandler(old)
+        if old.get_name() == HANDLER_NAME:
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -12,23 +12,14 @@ import socket
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from cli_helpers import PASSWORD, SECRET, TIME, Proc, Procs, hub_env, timeout
 
 from hub.config import MASK, OPTIONS, markdown_table, version
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESS_LINE = re.compile(rf"{TIME} <<Process>>: bad configuration: (?P<why>.*)")
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    started = Procs()
-    yield started
-    started.stop_all()
 
 
 def free_port() -> int:

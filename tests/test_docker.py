@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import PASSWORD, SESSION, TIME, Procs
+from cli_helpers import PASSWORD, SESSION, TIME, Procs, server_args
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -140,17 +140,7 @@ def test_the_context_leaves_out_local_state() -> None:
 def test_the_entry_point_runs_the_readme_commands(procs: Procs) -> None:
     # `IMAGE -s -p "super-secret"`, with its addresses on loopback (the two gRPC
     # ones are the same, 127.0.0.1:0, so it serves one gRPC port).
-    server, port = procs.server(
-        "-s",
-        "-p",
-        PASSWORD,
-        "-h",
-        "127.0.0.1:0",
-        "--device-address",
-        "127.0.0.1:0",
-        "--stream-address",
-        "127.0.0.1:0",
-    )
+    server, port = procs.server(*server_args(devices="127.0.0.1:0", stream="127.0.0.1:0"))
     stream = int(server.expect(rf"{TIME} <<Server>>: .*\(TCP\) on 127\.0\.0\.1:(\d+)")[1])
     # `docker run -i IMAGE -h "chat-server:6262" -p "super-secret" -n "alice"`
     alice = procs.start("-h", f"127.0.0.1:{port}", "-p", PASSWORD, "-n", "alice")

@@ -6,19 +6,10 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 
-import pytest
 from cli_helpers import Procs, hub_env, timeout
 
 from hub.probe import probe_address
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    started = Procs()
-    yield started
-    started.stop_all()
 
 
 def health(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -3,10 +3,10 @@ and never a token or a secret.
 
 A whole session runs against the process: a chat Login with a known
 password, a Stream that sends and receives a line, a TCP HELLO carrying the
-token, a Logout, SIGTERM. Its standard error is then read line by line: the
-reference's ``<<Server>>`` lines are CLI output and stay as they were; every
-other line is a log record, and none holds the token, the password or the
-token signing secret.
+token, a device pressing Mode, a Logout, SIGTERM. Its standard error is then
+read line by line: the reference's ``<<Server>>`` lines are CLI output and
+stay as they were; every other line is a log record, and none holds the
+token, the password or the token signing secret.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import grpc
 from cli_helpers import PASSWORD, SECRET, STARTING, TIME, Proc, Procs, hub_env, server_args, timeout
 
 from hub.logs import MASK, JsonFormatter, TextFormatter, log_context
-from hub.proto import chat_pb2, chat_pb2_grpc
+from hub.proto import chat_pb2, chat_pb2_grpc, comms_pb2, comms_pb2_grpc
 from hub.tcp.codec import PROTOCOL_VERSION, Connection, Hello, Role, Welcome
 
 SERVER_LINE = re.compile(rf"{TIME} <<Server>>: .*")
@@ -46,8 +46,22 @@ async def tcp_hello(address: str, token: str) -> Welcome:
         await writer.wait_closed()
 
 
+async def press_mode(channel: grpc.aio.Channel, room: str) -> None:
+    """A device in ``room`` presses Mode, as the stock client does."""
+    device = comms_pb2_grpc.DeviceServiceStub(channel)  # type: ignore[no-untyped-call]
+    call = device.EventStream(metadata=[("device_id", room)])
+    press = comms_pb2.ButtonEvent(
+        button_id=comms_pb2.ButtonEvent.BUTTON_2, event=comms_pb2.ButtonEvent.PRESS
+    )
+    async with asyncio.timeout(timeout(10)):
+        await call.write(comms_pb2.DeviceEvent(button_event=press))
+        assert (await call.read()).ack
+        await call.done_writing()
+
+
 async def a_whole_session(chat: str, stream: str) -> str:
-    """Login, a line through a stream, a TCP HELLO with the token, Logout; the token."""
+    """Login, a line through a stream, a TCP HELLO with the token, a device's
+    Mode press, Logout; the token."""
     async with grpc.aio.insecure_channel(chat) as channel:
         stub = chat_pb2_grpc.ChatStub(channel)
         login = await stub.Login(chat_pb2.LoginRequest(name="alice", password=PASSWORD))
@@ -60,6 +74,7 @@ async def a_whole_session(chat: str, stream: str) -> str:
                     assert response.client_message.message == "hello, log"
                     break
         await tcp_hello(stream, token)
+        await press_mode(channel, "kitchen")
         await stub.Logout(chat_pb2.LogoutRequest(token=token))
         call.cancel()
     return token
@@ -103,6 +118,8 @@ def test_json_logs_are_one_object_a_line_with_context_and_no_secret(procs: Procs
     assert any(e.get("peer", "").startswith("ipv4:127.0.0.1:") for e in about_alice), entries
     # The TCP client is named by its own session id and its address.
     assert any(e["logger"] == "hub.tcp.server" and "peer" in e for e in entries), entries
+    # What the core logs for a device's call names its room.
+    assert any(e["logger"] == "hub.core.rooms" and e.get("room") == "kitchen" for e in entries)
     assert_nothing_secret(server, token, records)
 
 

@@ -203,17 +203,28 @@ _devices = DeviceSettings()
 _opus = OpusSettings()
 _stream = StreamSettings()
 
+# Defaults: a setting's own, from hub/settings.py (or OpusSettings) where the
+# reason for it is written; the addresses are where each door's clients look
+# (the reference's 6262, the stock device client's 50051, 8080 for streaming).
 OPTIONS: tuple[Option, ...] = (
-    Option("password", SECRET, _chat.password, "the server's password", REFERENCE, "-p", True),
+    Option(
+        "password",
+        SECRET,
+        _chat.password,
+        "the server's password",
+        REFERENCE,
+        short="-p",
+        secret=True,
+    ),
     Option(
         "host",
         ADDRESS,
         "0.0.0.0:6262",
         "server: address to bind (chat, rooms, devices over gRPC); client: server to dial",
         REFERENCE,
-        "-h",
+        short="-h",
     ),
-    Option("name", TEXT, "", "client: your name", REFERENCE, "-n"),
+    Option("name", TEXT, "", "client: your name", REFERENCE, short="-n"),
     Option("room", TEXT, "", "client: watch this device room; /mode, /play, /stop", CLIENT),
     Option(
         "device_address",
@@ -338,6 +349,7 @@ OPTIONS: tuple[Option, ...] = (
         DEVICES,
     ),
     Option("log_format", _choice_kind(LOG_FORMATS), "text", "text, or JSON one a line", LOGS),
+    # warning: per-session records are for -v; the <<Server>> lines say enough.
     Option(
         "log_level", _choice_kind(LOG_LEVELS), "warning", "least level logged (-v: debug)", LOGS
     ),
@@ -493,7 +505,11 @@ class Config:
             raise AttributeError(name) from None
 
     def namespace(self) -> argparse.Namespace:
-        return argparse.Namespace(server=self.server, **self.values)
+        """The values as the parsed arguments the chat client takes (with the
+        reference's ``verbose``, which is ``--log-level debug``)."""
+        return argparse.Namespace(
+            server=self.server, verbose=self.values["log_level"] == "debug", **self.values
+        )
 
     def shown(self, option: Option) -> str:
         value = self.values[option.name]

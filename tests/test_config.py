@@ -103,6 +103,22 @@ def test_a_config_file_places_the_hub_and_sets_its_password(procs: Procs, tmp_pa
     assert sum("(gRPC)" in line for line in lines) == 1  # device_address = "none"
 
 
+def test_the_serving_hub_takes_the_environment_over_the_file_and_a_flag_over_both(
+    procs: Procs, tmp_path: Path
+) -> None:
+    in_file, in_env = free_port(), free_port()
+    config = tmp_path / "hub.toml"
+    config.write_text(f'stream_address = "127.0.0.1:{in_file}"\ndevice_address = "none"\n')
+    env = hub_env(HUB_CONFIG=str(config), HUB_STREAM_ADDRESS=f"127.0.0.1:{in_env}")
+    server = procs.start("-s", "-h", "127.0.0.1:0", env=env)
+    server.expect_line(f"<<Server>>: serving music and room streaming (TCP) on 127.0.0.1:{in_env}")
+    stop(server)
+
+    shut = procs.start("-s", "-h", "127.0.0.1:0", "--stream-address", "none", env=env)
+    shut.expect(rf"{TIME} <<Server>>: starting on .*", 20)
+    assert not any("(TCP)" in line for line in stop(shut))
+
+
 def test_a_flag_beats_the_environment_which_beats_the_file(tmp_path: Path) -> None:
     config = tmp_path / "hub.toml"
     config.write_text('stream_address = "127.0.0.1:1001"\ngrace = 5.0\nqueue = 7\n')

@@ -418,16 +418,13 @@ def build_parser(prog: str = "hub") -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"a TOML file of options (keys as in the README's table; env {CONFIG_ENV})",
     )
-    general.add_argument(
+    groups = {option.group: parser.add_argument_group(option.group) for option in OPTIONS}
+    groups[REFERENCE].add_argument(
         "-s", "--server", action="store_true", default=False, help="run the server"
     )
-    groups: dict[str, argparse._ArgumentGroup] = {}
     for option in OPTIONS:
-        if not option.as_flag:
-            continue
-        if option.group not in groups:
-            groups[option.group] = parser.add_argument_group(option.group)
-        _add_flag(groups[option.group], option)
+        if option.as_flag:
+            _add_flag(groups[option.group], option)
     groups[REFERENCE].add_argument(
         "-v",
         "--verbose",

@@ -88,6 +88,7 @@ def test_two_clients_and_a_server_print_the_reference_lines(procs: Procs) -> Non
 
     assert server.transcript() == [
         f'[TIME] <<Server>>: starting on 127.0.0.1:{port} with password "{PASSWORD}"',
+        f"[TIME] <<Server>>: serving chat, rooms and devices (gRPC) on 127.0.0.1:{port}",
         "[TIME] <<Server>>: SESSION (alice) has logged in",
         "[TIME] <<Server>>: SESSION (bob) has logged in",
         "[TIME] <<Server>>: SESSION (bob) has logged out",

@@ -92,7 +92,7 @@ class Chat:
             raise Unauthenticated("password is incorrect")
         check_name(name, self._settings.name_max_chars)
         session, token = self._hub.sessions.create(name)
-        log.info("%s: %r logged in", session.id, name)
+        log.info("%s: %r logged in", session.id, name, extra={"session": session.id})
         await self._hub.publish(CHANNEL, UserJoined(name=name, session_id=session.id))
         return session, token
 
@@ -124,7 +124,7 @@ class Chat:
             raise Unavailable("server is shutting down")
         check_message(text, self._settings.message_max_bytes)
         if not session.bucket.take():
-            log.warning("%s: rate limited", session.id)
+            log.warning("%s: rate limited", session.id, extra={"session": session.id})
             raise RateLimited(
                 f"too many messages: at most {self._settings.rate_per_second:g} a second"
             )
@@ -133,7 +133,13 @@ class Chat:
         )
 
     async def announce_end(self, session: Session, reason: LeaveReason) -> None:
-        log.info("%s: %r left (%s)", session.id, session.name, reason.value)
+        log.info(
+            "%s: %r left (%s)",
+            session.id,
+            session.name,
+            reason.value,
+            extra={"session": session.id},
+        )
         await self._hub.publish(
             CHANNEL, UserLeft(name=session.name, session_id=session.id, reason=reason)
         )

@@ -21,6 +21,7 @@ from hub.core.ratelimit import FailureThrottle, RateLimitedLog
 from hub.core.sessions import Session
 from hub.core.subscription import Subscription
 from hub.errors import HubError, ResourceExhausted, Unauthenticated, Unavailable
+from hub.logs import set_context
 from hub.proto import chat_pb2
 from hub.rpc.methods import Methods, Responses, consume
 from hub.rpc.status import abort, metadata_value, peer_address
@@ -64,6 +65,7 @@ class ChatService:
     async def login(
         self, request: chat_pb2.LoginRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
+        set_context(peer=context.peer())
         # A HubError raised here is the call's status (hub.rpc.methods).
         peer = peer_address(context.peer())
         wait = self._failed_logins.wait(peer)
@@ -81,6 +83,7 @@ class ChatService:
     async def logout(
         self, request: chat_pb2.LogoutRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
+        set_context(peer=context.peer())
         try:
             await self._hub.chat.logout(request.token)
         except HubError as error:
@@ -97,6 +100,8 @@ class ChatService:
             session = self._hub.chat.authenticate(token)
         except HubError as error:
             await abort(context, error)
+        set_context(session=session.id, peer=context.peer())
+        log.debug("stream opened")
         if self._hub.closing:
             await abort(context, Unavailable("server is shutting down"))
         async with self._hub.chat.stream(session) as subscription:

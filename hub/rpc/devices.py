@@ -42,6 +42,7 @@ from hub.core.roomstate import Input
 from hub.core.sessions import Session
 from hub.core.subscription import Overflow, Subscription
 from hub.errors import HubError, PermissionDenied, Unauthenticated
+from hub.logs import set_context
 from hub.proto import comms_pb2
 from hub.rpc.chat import TOKEN_HEADER
 from hub.rpc.methods import Methods, Responses, consume
@@ -215,6 +216,7 @@ class DeviceService:
     def _room(self, context: grpc.aio.ServicerContext) -> tuple[Room, Session | None]:
         """The device's room, and the session of its token if the room requires one."""
         room_id = check_room_id(metadata_value(context, DEVICE_ID_HEADER))
+        set_context(room=room_id, peer=context.peer())
         policy = self._hub.settings.devices
         session = None
         if policy.requires_token(room_id):

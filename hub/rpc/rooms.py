@@ -19,6 +19,7 @@ from hub.core.roomstate import Input
 from hub.core.sessions import Session
 from hub.core.subscription import Overflow
 from hub.errors import HubError, InvalidArgument, Unauthenticated
+from hub.logs import set_context
 from hub.proto import chat_pb2
 from hub.rpc.chat import TOKEN_HEADER
 from hub.rpc.methods import Methods, Responses
@@ -55,7 +56,9 @@ class RoomsService:
         token = metadata_value(context, TOKEN_HEADER)
         if token is None:
             raise Unauthenticated("missing token header")
-        return self._hub.sessions.authenticate(token)
+        session = self._hub.sessions.authenticate(token)
+        set_context(session=session.id, peer=context.peer())
+        return session
 
     async def watch(
         self, request: chat_pb2.WatchRequest, context: grpc.aio.ServicerContext

@@ -218,6 +218,8 @@ class ClientConnection(asyncio.Protocol):
         self.settings = server.settings
         self.codec = proto.Connection(proto.Role.SERVER)
         self.id = server.session_id()
+        # Every record about this client names it (hub/logs.py).
+        self.log = logging.LoggerAdapter(log, {"session": self.id})
         self.skipped = 0  # audio frames skipped because this client lagged
         self._transport: asyncio.Transport | None = None
         self._requests: deque[proto.Event] = deque()
@@ -257,12 +259,18 @@ class ClientConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peername = transport.get_extra_info("peername")
         self._peer = str(peername[0]) if isinstance(peername, tuple) and peername else ""
-        log.debug("%s: connected from %s", self.id, peername)
+        if isinstance(peername, tuple) and len(peername) >= 2:
+            self.log = logging.LoggerAdapter(
+                log, {"session": self.id, "peer": f"{peername[0]}:{peername[1]}"}
+            )
+        self.log.debug("%s: connected from %s", self.id, peername)
         if not self.server.admit(self, self._peer):
             # Refused before a byte is read: a host opening connections by
             # the thousand costs no handler and no parsing.
             limit = self.settings.max_connections_per_peer
-            log.info("%s: refused: more than %d connections from %s", self.id, limit, self._peer)
+            self.log.info(
+                "%s: refused: more than %d connections from %s", self.id, limit, self._peer
+            )
             self.fail(
                 proto.ErrorCode.UNAVAILABLE,
                 f"too many connections from your address (at most {limit})",
@@ -299,12 +307,12 @@ class ClientConnection(asyncio.Protocol):
         # Leaving the room, ending a publication and detaching from the
         # session all await the hub: do it in a task of its own.
         self.hub.spawn(self._cleanup())
-        log.debug("%s: disconnected (%s)", self.id, exc or "closed")
+        self.log.debug("%s: disconnected (%s)", self.id, exc or "closed")
 
     def _take_events(self) -> None:
         for event in self.codec.events():
             if isinstance(event, proto.ProtocolViolation):
-                log.info("%s: protocol violation: %s", self.id, event.text)
+                self.log.info("%s: protocol violation: %s", self.id, event.text)
                 self.write(self.codec.error_frame())
                 self._close()
                 return
@@ -331,7 +339,7 @@ class ClientConnection(asyncio.Protocol):
     def _check_handshake(self) -> None:
         if not self._welcomed:
             timeout = self.settings.handshake_timeout
-            log.info("%s: no handshake within %g s", self.id, timeout)
+            self.log.info("%s: no handshake within %g s", self.id, timeout)
             self.fail(proto.ErrorCode.TIMEOUT, f"no HELLO answered within {timeout:g} s")
 
     # -- sending -----------------------------------------------------------
@@ -355,7 +363,7 @@ class ClientConnection(asyncio.Protocol):
             self.skipped += 1
             return
         if buffered > self.settings.send_buffer_max:
-            log.warning("%s: disconnected as slow (%d bytes unsent)", self.id, buffered)
+            self.log.warning("%s: disconnected as slow (%d bytes unsent)", self.id, buffered)
             self.fail(proto.ErrorCode.SLOW, "too slow: the client does not keep up")
             return
         transport.write(data)
@@ -437,7 +445,7 @@ class ClientConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("%s: request failed", self.id)
+            self.log.exception("%s: request failed", self.id)
             self.fail(proto.ErrorCode.INTERNAL, "internal error")
 
     async def _handle(self, event: proto.Event) -> None:
@@ -483,7 +491,7 @@ class ClientConnection(asyncio.Protocol):
         elif isinstance(event, proto.PublishEnd):
             await self._publish_end()
         elif isinstance(event, proto.Error):
-            log.info("%s: client reports %s: %s", self.id, event.code.label, event.text)
+            self.log.info("%s: client reports %s: %s", self.id, event.code.label, event.text)
 
     async def _hello(self, hello: proto.Hello) -> None:
         # Every refusal names the request it refuses: HELLO (section 4).
@@ -518,7 +526,7 @@ class ClientConnection(asyncio.Protocol):
         self._welcomed = self.codec.state is proto.State.READY
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
-        log.info(
+        self.log.info(
             "%s: %r says hello%s",
             self.id,
             hello.client_name,
@@ -566,7 +574,7 @@ class ClientConnection(asyncio.Protocol):
         self._player = asyncio.get_running_loop().create_task(
             self._play_track(track, stream_id), name=f"tcp {self.id} track {track.id}"
         )
-        log.info("%s: playing %d %r as stream %d", self.id, track.id, track.title, stream_id)
+        self.log.info("%s: playing %d %r as stream %d", self.id, track.id, track.title, stream_id)
 
     async def _play_track(self, track: Track, stream_id: int) -> None:
         rooms = self.hub.rooms
@@ -582,10 +590,10 @@ class ClientConnection(asyncio.Protocol):
         except (OSError, sf.SoundFileError) as error:
             # The file went away or changed since it was listed: the peer's
             # news, not the server's failure.
-            log.warning("%s: cannot play %r: %s", self.id, track.title, error)
+            self.log.warning("%s: cannot play %r: %s", self.id, track.title, error)
             reason = proto.StreamEndReason.ERROR
         except Exception:
-            log.exception("%s: cannot play %r", self.id, track.title)
+            self.log.exception("%s: cannot play %r", self.id, track.title)
             reason = proto.StreamEndReason.ERROR
         self._player = None
         if self.codec.downlink_stream == stream_id:
@@ -619,7 +627,7 @@ class ClientConnection(asyncio.Protocol):
             await stack.enter_async_context(self.hub.attach(RoomListener(self, room)))
             self._room, self._room_id = stack.pop_all(), room.id
         self.send(proto.Joined(room.id))
-        log.info("%s: joined room %s", self.id, room.id)
+        self.log.info("%s: joined room %s", self.id, room.id)
 
     async def _leave(self, reason: proto.StreamEndReason) -> None:
         stack, room_id = self._room, self._room_id
@@ -645,7 +653,7 @@ class ClientConnection(asyncio.Protocol):
         packets_per_second = 1_000_000 / start.frame_duration_us
         # Real time, with a second of audio as burst for network jitter.
         self._feed_bucket = TokenBucket(packets_per_second, packets_per_second, self.hub.clock)
-        log.info("%s: publishing %r into room %s", self.id, title, room.id)
+        self.log.info("%s: publishing %r into room %s", self.id, title, room.id)
 
     async def _publish_packet(self, audio: proto.Audio) -> None:
         feed, bucket = self._feed, self._feed_bucket

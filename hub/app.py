@@ -88,3 +88,6 @@ class App:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
             await self.hub.close()
+            # Sounds encoded part of the way hold a file and a resampler each;
+            # at exit those would be reported as leaked (see PacketCache.close).
+            await self.hub.rooms.cache.close()

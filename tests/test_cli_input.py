@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from cli_helpers import Proc, Procs, Terminal, timeout
+from fake_clock import FakeClock
 from prompt_toolkit import PromptSession
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
@@ -144,14 +145,19 @@ def prompt_up(terminal: Terminal) -> int:
     return terminal.wait_for(r"\n>", mark)
 
 
-def test_a_long_paste_at_the_prompt_is_paced_and_its_refused_lines_reported(
-    procs: Procs,
-) -> None:
+def bob_and_alice_at_a_terminal(procs: Procs) -> tuple[Proc, Terminal, int]:
+    """A hub; bob in its room (piped); alice at a terminal, her prompt up; where her screen is."""
     _, port = procs.server()
     bob = procs.client(port, "bob")
     bob.join("bob")
     alice = procs.terminal(port, "alice")
-    mark = prompt_up(alice)
+    return bob, alice, prompt_up(alice)
+
+
+def test_a_long_paste_at_the_prompt_is_paced_and_its_refused_lines_reported(
+    procs: Procs,
+) -> None:
+    bob, alice, mark = bob_and_alice_at_a_terminal(procs)
 
     # A bracketed paste (what a terminal sends for a paste) of 60 lines, one
     # of them coloured: each pasted line is a line; the coloured one is refused.
@@ -176,11 +182,7 @@ def test_a_long_paste_at_the_prompt_is_paced_and_its_refused_lines_reported(
 def test_ctrl_c_during_a_long_paste_leaves_at_once_and_says_what_was_not_sent(
     procs: Procs,
 ) -> None:
-    _, port = procs.server()
-    bob = procs.client(port, "bob")
-    bob.join("bob")
-    alice = procs.terminal(port, "alice")
-    mark = prompt_up(alice)
+    bob, alice, mark = bob_and_alice_at_a_terminal(procs)
 
     alice.type("\x1b[200~" + "\n".join(f"pasted {n}" for n in range(400)) + "\x1b[201~\r")
     bob.expect_line("alice: pasted 30")  # 20 a second: most of it is still to go
@@ -199,12 +201,11 @@ def test_the_terminal_stays_raw_between_prompts(procs: Procs) -> None:
     Were the terminal given back its own mode between two prompts, a key
     typed then would go to its driver: echoed over the screen, Ctrl-C as
     SIGINT, Ctrl-D swallowed (it later reads as a NUL, and the client stays).
+    (The same holds while a line prints above the prompt: ``PromptInput``;
+    test_a_half_typed_line_survives_incoming_messages caught that one, a
+    Ctrl-D typed as a line printed, about one run in three.)
     """
-    _, port = procs.server()
-    bob = procs.client(port, "bob")
-    bob.join("bob")
-    alice = procs.terminal(port, "alice")
-    prompt_up(alice)
+    bob, alice, _ = bob_and_alice_at_a_terminal(procs)
 
     cooked: list[int] = []
     done = threading.Event()
@@ -233,11 +234,7 @@ def test_the_terminal_stays_raw_between_prompts(procs: Procs) -> None:
 def test_escape_garbage_typed_at_the_prompt_prints_no_traceback_and_loses_no_text(
     procs: Procs,
 ) -> None:
-    _, port = procs.server()
-    bob = procs.client(port, "bob")
-    bob.join("bob")
-    alice = procs.terminal(port, "alice")
-    mark = prompt_up(alice)
+    bob, alice, mark = bob_and_alice_at_a_terminal(procs)
 
     # Esc followed quickly by "[31m": the input parser takes it for a mouse
     # report (prompt_toolkit's own handler then failed on it).
@@ -297,18 +294,10 @@ def test_a_half_typed_line_is_reported_when_the_server_shuts_down(procs: Procs) 
 # -- the parts ----------------------------------------------------------------------
 
 
-class SteppingClock:
+class SteppingClock(FakeClock):
     """Time that moves only when the pacer sleeps."""
 
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps = 0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now
+    sleeps = 0
 
     async def sleep_until(self, deadline: float) -> None:
         self.sleeps += 1
@@ -317,7 +306,7 @@ class SteppingClock:
 
 @pytest.mark.asyncio
 async def test_the_pacer_lets_a_burst_go_then_the_rate() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock(now=0.0)
     pacer = Pacer(rate=20, burst=20, clock=clock)
     for _ in range(20):
         await pacer.wait()

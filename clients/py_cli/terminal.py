@@ -24,11 +24,18 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, redirect_stdout
+from contextlib import (
+    AbstractContextManager,
+    ExitStack,
+    contextmanager,
+    nullcontext,
+    redirect_stdout,
+)
 from typing import Any, Protocol
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import Application, get_app_session
+from prompt_toolkit.input.vt100 import Vt100Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent, merge_key_bindings
 from prompt_toolkit.keys import Keys
 from prompt_toolkit.patch_stdout import patch_stdout
@@ -264,6 +271,19 @@ class PromptLines:
         self._raw_mode_held = False
 
 
+class PromptInput(Vt100Input):
+    """Standard input for the prompt, left raw while a line prints above it.
+
+    ``patch_stdout`` prints through ``run_in_terminal``, which puts the
+    terminal in cooked mode for the moment of the print: a key typed then
+    went to the terminal driver, echoed over the screen, Ctrl-D swallowed.
+    Printing needs no cooked input, so the mode is left alone.
+    """
+
+    def cooked_mode(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
 @contextmanager
 def interactive(
     color: bool, on_interrupt: Callable[[], None]
@@ -284,7 +304,9 @@ def interactive(
     # Inside patch_stdout sys.stderr is the proxy that prints above the
     # prompt; raw, so the printer's colours pass through.
     with patch_stdout(raw=True):
-        session: PromptSession[str] = PromptSession(PROMPT, erase_when_done=True)
+        session: PromptSession[str] = PromptSession(
+            PROMPT, erase_when_done=True, input=PromptInput(sys.stdin)
+        )
         lines = PromptLines(session, on_interrupt, hold_raw_mode=True)
         try:
             yield lines, Printer(sys.stderr, color=color)

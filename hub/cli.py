@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 # of it. An explicit GRPC_VERBOSITY (e.g. debug) still wins.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from hub.app import Addresses, App
+from hub.app import Addresses, App, StartError, backplane_for
 from hub.audio.library import SoundLibrary, default_sounds_folder
 from hub.audio.music import MusicFolder
 from hub.audio.opus import OpusSettings
@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="uvloop",
         help="the server's event loop (default %(default)s: more lines per second per core, "
         "bench/README.md)",
+    )
+    srv.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get("HUB_REDIS_URL", ""),
+        help="act as one hub with every hub on this Redis (redis://, rediss://; "
+        "env HUB_REDIS_URL); needs HUB_TOKEN_SECRET or HUB_TOKEN_SECRET_FILE",
     )
     tcp = parser.add_argument_group("streaming over TCP (docs/protocol.md)")
     tcp.add_argument(
@@ -265,11 +272,17 @@ async def serve(args: argparse.Namespace, printer: Printer) -> int:
         printer.line(PROCESS, str(error))
         return 1
     stream_address = None if args.stream_address.lower() == "none" else args.stream_address
+    try:
+        backplane = backplane_for(args.redis, settings) if args.redis else None
+    except StartError as error:
+        printer.line(PROCESS, str(error))
+        return 1
     app = App(
         settings,
         Addresses(grpc=grpc_addresses, stream=stream_address),
         library=library,
         music=MusicFolder(args.music or default_sounds_folder()),
+        backplane=backplane,
     )
     if not args.password:
         log.warning("no password set (-p): anyone who reaches the server can log in")
@@ -295,6 +308,9 @@ async def serve(args: argparse.Namespace, printer: Printer) -> int:
         await app.run(started, on_stopping=lambda: printer.line(SERVER, "shutting down"))
     except BindError as error:
         printer.line(PROCESS, f"server unable to bind on provided host: {error}")
+        return 1
+    except StartError as error:
+        printer.line(PROCESS, str(error))
         return 1
     return 0
 

@@ -30,6 +30,7 @@ from hub.audio.opus import OpusSettings
 from hub.core.chat import CHANNEL
 from hub.core.events import UserJoined, UserLeft
 from hub.core.subscription import Overflow
+from hub.errors import Unavailable
 from hub.lines import PROCESS, SERVER, Printer
 from hub.rpc.server import BindError
 from hub.settings import ChatSettings, DeviceSettings, Settings, StreamSettings
@@ -288,16 +289,28 @@ async def serve(args: argparse.Namespace, printer: Printer) -> int:
         log.warning("no password set (-p): anyone who reaches the server can log in")
 
     async def print_sessions() -> None:
-        # The server's transcript is one more subscriber of the room.
-        async with app.hub.subscribe(
-            CHANNEL, maxlen=65536, overflow=Overflow.DISCONNECT, label="transcript"
-        ) as room:
-            async for pub in room:
-                event = pub.event
-                if isinstance(event, UserJoined):
-                    printer.line(SERVER, f"{event.session_id} ({event.name}) has logged in")
-                elif isinstance(event, UserLeft):
-                    printer.line(SERVER, f"{event.session_id} ({event.name}) has logged out")
+        # The server's transcript is one more subscriber of the room; with
+        # --redis it may be ended (events lost between hubs, logged) and
+        # subscribes again.
+        while not app.hub.closing:
+            subscribed = False
+            try:
+                async with app.hub.subscribe(
+                    CHANNEL, maxlen=65536, overflow=Overflow.DISCONNECT, label="transcript"
+                ) as room:
+                    subscribed = True
+                    async for pub in room:
+                        event = pub.event
+                        if isinstance(event, UserJoined):
+                            printer.line(SERVER, f"{event.session_id} ({event.name}) has logged in")
+                        elif isinstance(event, UserLeft):
+                            printer.line(
+                                SERVER, f"{event.session_id} ({event.name}) has logged out"
+                            )
+                    return
+            except Unavailable:
+                if not subscribed:  # Redis is out of reach: try again in a while
+                    await asyncio.sleep(1.0)
 
     async def started(bound: list[str]) -> None:
         tune_gc()

@@ -58,6 +58,7 @@ class Backplane:
             socket_connect_timeout=backplane.connect_timeout,
             socket_timeout=backplane.command_timeout,
             retry=retry,
+            retry_on_error=[RedisConnectionError],
         )
         # XREAD blocks its connection for up to ``block``: a connection of its own.
         self.reader = aioredis.Redis.from_url(

@@ -57,7 +57,7 @@ end
 local offset = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
            'e', epoch, 'o', offset, 't', ARGV[3], 'p', ARGV[4], 'd', ARGV[5])
-return offset
+return epoch
 """
 
 # Where a new subscriber starts: the channel's epoch (made now if it has
@@ -123,7 +123,7 @@ class RedisBroker:
         channel = pub.channel
         data = codec.encode(pub.event)
         try:
-            await self._publish(
+            epoch = await self._publish(
                 keys=[
                     self._keys.stream(channel),
                     self._keys.epoch(channel),
@@ -140,6 +140,10 @@ class RedisBroker:
         except RedisError as error:
             log.warning("%s: cannot publish: redis: %s", channel, error)
             raise Unavailable("the backplane (Redis) is out of reach") from None
+        cursor = self._cursors.get(channel)
+        if cursor is not None and cursor.epoch != _text(epoch):
+            # Redis came back empty before the read loop noticed: say so now.
+            self._restart(channel, _text(epoch))
 
     async def subscribe(self, channel: str) -> None:
         if not shared(channel):
@@ -264,13 +268,20 @@ class RedisBroker:
 
     async def _check_epochs(self) -> None:
         """After a reconnection: a channel whose epoch changed lost what this hub had not read."""
-        handler = self._handler
         for channel, cursor in list(self._cursors.items()):
             now = await self._start_position(channel)
-            if now.epoch != cursor.epoch and handler is not None:
-                if self._cursors.get(channel) is cursor:
-                    self._cursors[channel] = now
-                handler(Publication(channel, HistoryLost("Redis restarted empty"), 0.0))
+            if now.epoch != cursor.epoch and self._cursors.get(channel) is cursor:
+                self._restart(channel, now.epoch)
+
+    def _restart(self, channel: str, epoch: str) -> None:
+        """The channel's history is another one now: end its streams, read the new one whole.
+
+        A new epoch means its stream was created with it, so reading it from
+        its start misses nothing of it.
+        """
+        self._cursors[channel] = Cursor("0-0", epoch, 0)
+        if self._handler is not None:
+            self._handler(Publication(channel, HistoryLost("Redis restarted empty"), 0.0))
 
 
 def _text(value: bytes | str) -> str:

@@ -231,16 +231,19 @@ class Sessions:
         session.streams.clear()
 
     def lost(self) -> None:
-        """News of ended sessions may have been lost: forget every local copy.
+        """News of ended sessions may have been lost: check every local copy with the store."""
+        self._spawn(self._recheck())
 
-        Streams still open end with UNAVAILABLE (their clients log in again);
-        a token whose session still lives is looked up afresh when next shown.
-        """
+    async def _recheck(self) -> None:
         for session_id in list(self._live):
-            session = self._live.pop(session_id)
-            for stream in list(session.streams):
-                stream.close(Unavailable("the hub lost track of sessions; log in again"))
-            session.streams.clear()
+            try:
+                record = await self._store.get(session_id)
+            except Unavailable:
+                record = None
+            if record is None and (session := self._live.pop(session_id, None)) is not None:
+                for stream in list(session.streams):
+                    stream.close(Unavailable("the session was lost between hubs; log in again"))
+                session.streams.clear()
 
     async def close(self) -> None:
         """Forget every session without announcing anything (process shutdown)."""

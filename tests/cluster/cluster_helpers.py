@@ -59,7 +59,7 @@ class RedisServer:
         """SIGKILL: gone at once, and with it everything it held."""
         assert self.proc is not None
         self.proc.signal(signal.SIGKILL)
-        self.proc.wait()
+        self.proc.stop()
 
     def restart(self) -> None:
         self.kill()
@@ -123,3 +123,5 @@ class Cluster:
     def close(self) -> None:
         for proc in self.procs:
             proc.stop()
+            # Shown by pytest for a failed test only.
+            print(f"--- {' '.join(proc.argv[-8:])}", *proc.lines, sep="\n")

@@ -17,7 +17,7 @@ import pytest
 import redis
 from chat_helpers import kind, login, rpc_error, timeout
 from cli_helpers import PASSWORD, hub_env
-from cluster_helpers import Cluster, RedisServer
+from cluster_helpers import Cluster, RedisServer, self_signed_certificate
 from test_cluster_chat import opened, read_messages
 
 from hub.proto import chat_pb2, chat_pb2_grpc
@@ -121,8 +121,10 @@ async def test_without_the_redis_package_the_hub_says_so(cluster: Cluster, tmp_p
     proc.expect(r".*--redis needs the redis package.*")
 
 
-async def test_a_password_in_the_url_is_used_and_never_shown(tmp_path: Path) -> None:
-    secured = RedisServer(tmp_path, password="s3cret-redis-pass")
+@pytest.mark.parametrize("tls", [False, True], ids=["redis", "rediss"])
+async def test_a_password_in_the_url_is_used_and_never_shown(tmp_path: Path, tls: bool) -> None:
+    cert = self_signed_certificate(tmp_path) if tls else None
+    secured = RedisServer(tmp_path, password="s3cret-redis-pass", tls_cert=cert)
     secured.start()
     try:
         async with asyncio.timeout(timeout(60)):
@@ -136,9 +138,9 @@ async def test_a_password_in_the_url_is_used_and_never_shown(tmp_path: Path) -> 
                     stream = await opened(channel, await login(channel, "alice"))
                     await stream.send("hi")
                     assert await read_messages(stream, 1) == [("alice", "hi")]
-                    wrong = cluster.start(url=f"redis://:wrong@127.0.0.1:{secured.port}")
+                    wrong = cluster.start(url=secured.url.replace("s3cret-redis-pass", "wrong"))
                     assert wrong.wait(20) == 1
-                    refused = wrong.expect(r".*cannot reach Redis at redis://127\.0\.0\.1:.*")
+                    refused = wrong.expect(r".*cannot reach Redis at rediss?://127\.0\.0\.1:.*")
                     assert "wrong" not in refused[0]
                 finally:
                     cluster.close()

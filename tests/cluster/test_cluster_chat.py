@@ -74,7 +74,7 @@ async def test_a_token_works_on_every_hub_and_logout_ends_its_streams_everywhere
     ca, cb, cc = [await cluster.channel(h) for h in (a, b, c)]
     watcher = await opened(cc, await login(cc, "watcher"))
     delays: list[float] = []
-    for round_ in range(10):
+    for round_ in range(30):
         token = await login(ca, f"user{round_}")
         on_b = await opened(cb, token)
         on_c = await opened(cc, token)
@@ -92,7 +92,11 @@ async def test_a_token_works_on_every_hub_and_logout_ends_its_streams_everywhere
         refused = await Stream(cb, token).end()
         assert refused.code is grpc.StatusCode.UNAUTHENTICATED
     delays.sort()
-    print(f"Logout on one hub to the end of streams on two others: max {delays[-1] * 1000:.1f} ms")
+    p50, p99 = delays[len(delays) // 2], delays[int(len(delays) * 0.99)]
+    print(
+        f"Logout at one hub to the end of its streams at two others, {len(delays)} rounds: "
+        f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {delays[-1] * 1000:.1f} ms"
+    )
     assert delays[-1] < timeout(1.0)  # a sanity bound; the report gives the figure
 
 

@@ -9,6 +9,8 @@ down: UNAVAILABLE at once.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -163,3 +165,15 @@ async def test_a_stream_open_when_redis_goes_away_ends_or_goes_on_never_silently
     assert ended.code is grpc.StatusCode.UNAVAILABLE
     assert [kind(e) for e in ended.events if kind(e) == "client_message"] == []
     assert hub.alive
+
+
+async def test_without_redis_nothing_of_it_is_imported() -> None:
+    probe = (
+        "import sys, hub.cli, hub.app; "
+        "hub.cli.build_parser().parse_args(['-s']); "
+        "print(sorted(m for m in sys.modules if m == 'redis' or m.startswith('hub.backplane')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=hub_env()
+    )
+    assert out.stdout.strip() == "[]"

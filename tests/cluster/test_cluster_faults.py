@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 import redis
 from chat_helpers import kind, login, rpc_error, timeout
@@ -185,3 +186,24 @@ async def test_without_redis_nothing_of_it_is_imported() -> None:
         env=hub_env(),
     )
     assert out.stdout.strip() == "[]"
+
+
+async def test_redis_restarted_again_and_again_leaks_no_connection(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    hub = cluster.hub()
+    channel = await cluster.channel(hub)
+    stream = await opened(channel, await login(channel, "alice"))
+    process = psutil.Process(hub.proc.popen.pid)
+    before = process.num_fds()
+    for _ in range(4):
+        redis_server.restart()
+        hub.proc.expect(r".*redis: reconnected after .*", seconds=15)
+        ended = await stream.end(seconds=15)
+        assert ended.code is grpc.StatusCode.UNAVAILABLE
+        stream = await opened(channel, await login(channel, "alice"))
+        await stream.send("still here")
+        assert await read_messages(stream, 1) == [("alice", "still here")]
+    # Sockets to the old Redis are closed, not kept: a pooled spare or two at most.
+    assert process.num_fds() <= before + 2
+    assert hub.alive

@@ -97,7 +97,7 @@ class ChatService:
         if token is None:
             await abort(context, Unauthenticated("missing token header"))
         try:
-            session = self._hub.chat.authenticate(token)
+            session = await self._hub.chat.authenticate(token)
         except HubError as error:
             await abort(context, error)
         set_context(session=session.id, peer=context.peer())

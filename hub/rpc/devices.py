@@ -213,7 +213,7 @@ class DeviceService:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    def _room(self, context: grpc.aio.ServicerContext) -> tuple[Room, Session | None]:
+    async def _room(self, context: grpc.aio.ServicerContext) -> tuple[Room, Session | None]:
         """The device's room, and the session of its token if the room requires one."""
         room_id = check_room_id(metadata_value(context, DEVICE_ID_HEADER))
         set_context(room=room_id, peer=context.peer())
@@ -223,7 +223,7 @@ class DeviceService:
             token = metadata_value(context, TOKEN_HEADER)
             if token is None:
                 raise Unauthenticated(f"room {room_id} requires an {TOKEN_HEADER} token")
-            session = self._hub.sessions.authenticate(token)
+            session = await self._hub.sessions.authenticate(token)
             log.info("%s: device access to room %s", session.id, room_id)
         if self._hub.closing:
             raise PermissionDenied("server is shutting down")
@@ -236,7 +236,7 @@ class DeviceService:
         responses: AsyncIterator[comms_pb2.DeviceStatusResponse],
         context: grpc.aio.ServicerContext,
     ) -> Responses:
-        room, session = self._room(context)
+        room, session = await self._room(context)
         peer = context.peer()
         loop = asyncio.get_running_loop()
         updates = DeviceFrames(
@@ -280,7 +280,7 @@ class DeviceService:
     async def event_stream(
         self, events: AsyncIterator[comms_pb2.DeviceEvent], context: grpc.aio.ServicerContext
     ) -> Responses:
-        room, session = self._room(context)
+        room, session = await self._room(context)
         ack = comms_pb2.DeviceEventResponse(ack=True).SerializeToString()
         nack = comms_pb2.DeviceEventResponse(ack=False).SerializeToString()
         # With a token the stream waits on the device, not on a subscription:
@@ -302,7 +302,7 @@ class DeviceService:
     async def server_audio_stream(
         self, request: comms_pb2.AudioStreamRequest, context: grpc.aio.ServicerContext
     ) -> Responses:
-        room, session = self._room(context)
+        room, session = await self._room(context)
         packets = DeviceAudio(
             room.audio_channel, maxlen=AUDIO_QUEUE, label=f"audio {room.id} {context.peer()}"
         )

@@ -52,11 +52,11 @@ class RoomsService:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    def _session(self, context: grpc.aio.ServicerContext) -> Session:
+    async def _session(self, context: grpc.aio.ServicerContext) -> Session:
         token = metadata_value(context, TOKEN_HEADER)
         if token is None:
             raise Unauthenticated("missing token header")
-        session = self._hub.sessions.authenticate(token)
+        session = await self._hub.sessions.authenticate(token)
         set_context(session=session.id, peer=context.peer())
         return session
 
@@ -64,7 +64,7 @@ class RoomsService:
         self, request: chat_pb2.WatchRequest, context: grpc.aio.ServicerContext
     ) -> Responses:
         # A HubError raised here is the call's status (hub.rpc.methods).
-        session = self._session(context)
+        session = await self._session(context)
         room = self._hub.rooms.get(request.room)
         log.info("%s: watching room %s", session.id, room.id)
         async with self._hub.subscribe(
@@ -88,7 +88,7 @@ class RoomsService:
         self, request: chat_pb2.PressRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
         try:
-            session = self._session(context)
+            session = await self._session(context)
             room = self._hub.rooms.get(request.room)
             given = BUTTONS.get(request.button)
             if given is None:

@@ -84,6 +84,8 @@ class App:
                 broker=backplane.broker,
                 session_store=backplane.sessions,
                 presence=backplane.presence,
+                room_store=backplane.room_store,
+                room_cluster=backplane.rooms,
             )
         self.grpc = GrpcServer(self.hub, addresses.grpc) if addresses.grpc else None
         self.stream = StreamServer(self.hub, music) if addresses.stream else None

@@ -124,6 +124,13 @@ class BackplaneSettings:
     # Reconnecting: first retry after the minimum, doubling up to the maximum.
     backoff_min: float = 0.05
     backoff_max: float = 2.0
+    # The lease of the hub that drives a device room (plays its sound), and
+    # how often every hub with the room open tries to take or keep it. A
+    # driver killed outright is replaced within lease + renew (1.6 s): inside
+    # the 2 s a room's audio may stop at failover, while the driver still
+    # gets three tries to renew before its lease lapses (a busy machine).
+    room_lease: float = 1.2
+    room_renew: float = 0.4
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from hub.core.events import (
     AudioFrame,
     LeaveReason,
     LedFrame,
+    RoomChanged,
     RoomNotice,
     ServerShutdown,
     SessionClosed,
@@ -27,6 +28,8 @@ EVENTS: list[Event] = [
     SessionClosed("0a1b2c3d", LeaveReason.LOGOUT),
     LedFrame((1, 2, 3, 4, 5, 0xFFFFFFFF)),
     RoomNotice("kitchen", "playing rain"),
+    RoomChanged("kitchen", 2, "playing", 41, False, 9),
+    RoomChanged("hall", 0, "idle", None, True, 1),
     AudioFrame(7, 0, b"\xfc\xff", is_start=True, title="rain", duration=6.0),
     AudioFrame(7, 12, b"\x00" * 80),
     AudioFrame(2**32 - 1, -1, b"", is_end=True, end_reason=StreamEnd.SWITCHED, frame_seconds=0.01),
@@ -74,12 +77,31 @@ def test_advance_is_one_whole_step_of_the_room() -> None:
     kw = {"next_mode": lambda m: (m + 1) % 3, "new_stream_id": lambda: next(ids)}
     record = RoomRecord()
     record, actions = advance(record, Input.PLAY, None, **kw)  # type: ignore[arg-type]
-    assert (record, actions) == (RoomRecord(0, RoomState.PLAYING, 10), (Action.START_STREAM,))
+    assert (record, actions) == (
+        RoomRecord(0, RoomState.PLAYING, 10, version=1),
+        (Action.START_STREAM,),
+    )
     record, _ = advance(record, Input.MODE, None, **kw)  # type: ignore[arg-type]
-    assert record == RoomRecord(1, RoomState.PLAYING, 10)
+    assert record == RoomRecord(1, RoomState.PLAYING, 10, version=2)
     stale, actions = advance(record, Input.ENDED, 9, **kw)  # type: ignore[arg-type]
     assert (stale, actions) == (record, ())
     record, actions = advance(record, Input.PLAY, None, **kw)  # type: ignore[arg-type]
     assert record.stream_id == 11 and actions == (Action.END_STREAM, Action.START_STREAM)
     record, _ = advance(record, Input.ENDED, 11, **kw)  # type: ignore[arg-type]
-    assert record == RoomRecord(1, RoomState.IDLE, None)
+    assert record == RoomRecord(1, RoomState.IDLE, None, version=4)
+
+
+def test_resume_restarts_a_sound_but_never_a_live_stream_nor_a_stale_one() -> None:
+    ids = iter([20, 21])
+    kw = {"next_mode": lambda m: m, "new_stream_id": lambda: next(ids)}
+    playing = RoomRecord(2, RoomState.PLAYING, 7, version=5)
+    record, actions = advance(playing, Input.RESUME, 7, **kw)  # type: ignore[arg-type]
+    assert record == RoomRecord(2, RoomState.PLAYING, 20, version=6)
+    assert actions == (Action.END_STREAM, Action.START_STREAM)
+    assert advance(playing, Input.RESUME, 6, **kw) == (playing, ())  # type: ignore[arg-type]
+    live = RoomRecord(2, RoomState.PLAYING, 7, live=True, version=5)
+    assert advance(live, Input.RESUME, 7, **kw) == (live, ())  # type: ignore[arg-type]
+    record, actions = advance(playing, Input.LIVE, None, **kw)  # type: ignore[arg-type]
+    assert record.live and record.stream_id == 21
+    record, _ = advance(record, Input.STOP, None, **kw)  # type: ignore[arg-type]
+    assert not record.live and record.stream_id is None

@@ -1,9 +1,9 @@
 """Several hubs acting as one, through Redis (``hub -s --redis URL``).
 
 ``Backplane`` builds what a ``Hub`` takes instead of its memory defaults: the
-Redis broker (chat and control channels on Redis Streams), the session store
-and the presence store. Device rooms stay in each process for now (their
-channels are not shared; ``RoomStore`` is the seam they will cross by).
+Redis broker (chat, control and device rooms' channels on Redis Streams), the
+session store, the presence store, and for device rooms the room store and
+the room cluster (each room's driver and members).
 
 Importing this package needs the ``redis`` extra (``pip install hub[redis]``);
 without ``--redis`` nothing imports it.
@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from hub.backplane.broker import RedisBroker
 from hub.backplane.keys import Keys
+from hub.backplane.rooms import RedisRoomCluster, RedisRoomStore
 from hub.backplane.sessions import RedisPresenceStore, RedisSessionStore
 from hub.settings import Settings
 
@@ -77,6 +78,8 @@ class Backplane:
         self.presence = RedisPresenceStore(
             self.commands, keys, self.hub_id, settings.chat, backplane, on_state=self._state
         )
+        self.room_store = RedisRoomStore(self.commands, keys)
+        self.rooms = RedisRoomCluster(self.commands, keys, self.hub_id, backplane)
 
     def _state(self, up: bool) -> None:
         self.on_state(up)

@@ -22,8 +22,13 @@ clients in the one order Redis gave them, and each exactly once (each entry
 is read once per hub). The price is one round trip to Redis, well under a
 millisecond on a local network.
 
-Channels that are not shared (device rooms, until they are) stay in this
-process, delivered at once as ``MemoryBroker`` would.
+Device rooms' channels are shared the same way, audio included: a stream's
+packets and its start and end marks travel on one Redis stream, so every hub
+hands them to its listeners in the one order they were published, whichever
+hub published each (the driver plays, the hub where Stop was pressed ends).
+Fifty small entries a second per playing room is little for Redis, and a
+listener that falls behind skips packets at its own queue as it would on one
+hub.
 """
 
 from __future__ import annotations
@@ -73,11 +78,6 @@ return {epoch, offset, id}
 """
 
 
-def shared(channel: str) -> bool:
-    """Whether ``channel`` crosses hubs: chat and control do; device rooms not yet."""
-    return not channel.startswith("room:")
-
-
 @dataclass(slots=True)
 class Cursor:
     """How far this hub has read one channel."""
@@ -105,7 +105,6 @@ class RedisBroker:
         self._publish = commands.register_script(PUBLISH)
         self._position = commands.register_script(POSITION)
         self._handler: PublicationHandler | None = None
-        self._local: set[str] = set()
         self._cursors: dict[str, Cursor] = {}
         self._changed = asyncio.Event()
         self._reader_id: int | None = None
@@ -116,10 +115,6 @@ class RedisBroker:
         self._task = asyncio.get_running_loop().create_task(self._read(), name="redis reader")
 
     async def publish(self, pub: Publication) -> None:
-        if not shared(pub.channel):
-            if self._handler is not None and pub.channel in self._local:
-                self._handler(pub)
-            return
         channel = pub.channel
         data = codec.encode(pub.event)
         try:
@@ -146,9 +141,6 @@ class RedisBroker:
             self._restart(channel, _text(epoch))
 
     async def subscribe(self, channel: str) -> None:
-        if not shared(channel):
-            self._local.add(channel)
-            return
         if channel in self._cursors:
             return
         try:
@@ -179,7 +171,6 @@ class RedisBroker:
                 await self._redis.client_unblock(self._reader_id)
 
     async def unsubscribe(self, channel: str) -> None:
-        self._local.discard(channel)
         self._cursors.pop(channel, None)
 
     async def close(self) -> None:
@@ -188,7 +179,6 @@ class RedisBroker:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._cursors.clear()
-        self._local.clear()
 
     # -- the read loop -------------------------------------------------------
 

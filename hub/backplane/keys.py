@@ -46,5 +46,13 @@ class Keys:
     def room(self, room_id: str) -> str:
         return f"{self.prefix}room:{room_id}"
 
+    def room_driver(self, room_id: str) -> str:
+        """The lease: the id of the hub that drives the room."""
+        return f"{self.prefix}room-driver:{room_id}"
+
+    def room_members(self, room_id: str) -> str:
+        """Members of the room per hub (hub id -> count)."""
+        return f"{self.prefix}room-members:{room_id}"
+
     def alive(self, hub_id: str) -> str:
         return f"{self.prefix}alive:{hub_id}"

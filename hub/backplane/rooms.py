@@ -1,14 +1,16 @@
-"""Device rooms' records in Redis: the ``RoomStore`` every hub of a room would share.
+"""Device rooms shared by every hub: their records, their drivers and their members in Redis.
 
-Not wired into ``--redis`` yet (device rooms are still each hub's own; see
-``hub/backplane/__init__.py``): this is the store the shared rooms will use,
-tested on its own against a real Redis.
-
+``RedisRoomStore`` keeps each room's record (``roomstate.RoomRecord``).
 A step is an optimistic transaction: WATCH the room's hash, read it, run the
 state machine's ``advance`` on it, and write the result in MULTI/EXEC; if
 another hub changed the room in between, EXEC fails and the step runs again
 on the new record. So every hub sees whole steps only, in one order. Stream
 ids come from one counter (INCR), unique across hubs.
+
+``RedisRoomCluster`` holds the rest (``roomstore.RoomCluster``): the lease of
+the hub that drives a room (``SET NX PX``, renewed by its holder only, in one
+script) and the room's members, counted per hub so that members of a hub
+that died stop counting as soon as its liveness key has expired.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from hub.backplane.keys import Keys
 from hub.core.roomstate import Action, Input, RoomRecord, RoomState, advance, step
 from hub.core.roomstore import STREAM_ID_LIMIT
 from hub.errors import Unavailable
+from hub.settings import BackplaneSettings
 
 _STARTS = (Action.START_STREAM, Action.START_LIVE)
 
@@ -36,6 +39,8 @@ def _record(raw: Mapping[Any, Any]) -> RoomRecord:
         mode=int(raw[b"mode"]),
         state=RoomState(raw[b"state"].decode()),
         stream_id=int(stream) if stream else None,
+        live=raw.get(b"live") == b"1",
+        version=int(raw.get(b"version", 0)),
     )
 
 
@@ -80,6 +85,8 @@ class RedisRoomStore:
                                 "mode": after.mode,
                                 "state": after.state.value,
                                 "stream": "" if after.stream_id is None else after.stream_id,
+                                "live": int(after.live),
+                                "version": after.version,
                             },
                         )
                         await pipe.execute()
@@ -101,3 +108,93 @@ class RedisRoomStore:
             await self._redis.delete(self._keys.room(room_id))
         except RedisError as error:
             raise Unavailable(f"the backplane (Redis) is out of reach: {error}") from None
+
+
+# KEYS: lease; ARGV: hub, ttl ms. 1 if the hub holds the lease (taken or renewed).
+DRIVE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: lease; ARGV: hub.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# KEYS: members; ARGV: hub, change, prefix. The members on live hubs; a dead
+# hub's count is dropped here (its liveness key expired).
+COUNT = """
+if tonumber(ARGV[2]) ~= 0 then
+  if redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2]) <= 0 then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+  end
+end
+local total = 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local hub = fields[i]
+  if hub == ARGV[1] or redis.call('EXISTS', ARGV[3] .. 'alive:' .. hub) == 1 then
+    total = total + tonumber(fields[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], hub)
+  end
+end
+return total
+"""
+
+
+class RedisRoomCluster:
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, hub_id: str, settings: BackplaneSettings
+    ) -> None:
+        self._keys = keys
+        self._hub_id = hub_id
+        self._lease_ms = max(1, round(settings.room_lease * 1000))
+        self._renew = settings.room_renew
+        self._drive = redis.register_script(DRIVE)
+        self._release = redis.register_script(RELEASE)
+        self._count = redis.register_script(COUNT)
+
+    @property
+    def renew(self) -> float:
+        return self._renew
+
+    async def drive(self, room_id: str) -> bool:
+        try:
+            held = await self._drive(
+                keys=[self._keys.room_driver(room_id)], args=[self._hub_id, self._lease_ms]
+            )
+        except RedisError as error:
+            raise Unavailable(f"the backplane (Redis) is out of reach: {error}") from None
+        return bool(held)
+
+    async def release(self, room_id: str) -> None:
+        try:
+            await self._release(keys=[self._keys.room_driver(room_id)], args=[self._hub_id])
+        except RedisError as error:
+            raise Unavailable(f"the backplane (Redis) is out of reach: {error}") from None
+
+    async def join(self, room_id: str) -> int:
+        return await self._members(room_id, 1)
+
+    async def leave(self, room_id: str) -> int:
+        return await self._members(room_id, -1)
+
+    async def _members(self, room_id: str, change: int) -> int:
+        try:
+            total = await self._count(
+                keys=[self._keys.room_members(room_id)],
+                args=[self._hub_id, change, self._keys.prefix],
+            )
+        except RedisError as error:
+            raise Unavailable(f"the backplane (Redis) is out of reach: {error}") from None
+        return int(total)

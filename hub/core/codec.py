@@ -5,7 +5,8 @@ each event once with ``encode`` and every receiving hub decodes it once with
 ``decode``. Chat events, room notices, LED frames and session ends are small
 JSON objects tagged by ``"t"``; an ``AudioFrame`` (fifty a second per playing
 room) is a compact binary header followed by its Opus packet. The first byte
-tells the two apart: ``{`` for JSON, ``A`` for audio.
+tells the two apart: ``{`` for JSON, ``A`` for audio. Room records after each step
+(``RoomChanged``) travel too, for the hubs sharing a room.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hub.core.events import (
     AudioFrame,
     LeaveReason,
     LedFrame,
+    RoomChanged,
     RoomNotice,
     ServerShutdown,
     SessionClosed,
@@ -35,6 +37,7 @@ Event = (
     | SessionClosed
     | LedFrame
     | RoomNotice
+    | RoomChanged
     | AudioFrame
 )
 
@@ -70,6 +73,16 @@ def encode(event: Event) -> bytes:
         fields = {"t": "led", "l": list(event.leds)}
     elif isinstance(event, RoomNotice):
         fields = {"t": "note", "r": event.room, "x": event.text}
+    elif isinstance(event, RoomChanged):
+        fields = {
+            "t": "room",
+            "r": event.room,
+            "m": event.mode,
+            "s": event.state,
+            "i": event.stream_id,
+            "l": event.live,
+            "v": event.version,
+        }
     else:
         raise TypeError(f"no wire form between hubs for {event!r}")
     return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
@@ -100,6 +113,16 @@ def decode(data: bytes) -> Event:
             return LedFrame(leds)  # type: ignore[arg-type,unused-ignore]  # length checked above
         if kind == "note":
             return RoomNotice(room=fields["r"], text=fields["x"])
+        if kind == "room":
+            stream = fields["i"]
+            return RoomChanged(
+                room=str(fields["r"]),
+                mode=int(fields["m"]),
+                state=str(fields["s"]),
+                stream_id=None if stream is None else int(stream),
+                live=bool(fields["l"]),
+                version=int(fields["v"]),
+            )
     except CodecError:
         raise
     except (ValueError, KeyError, TypeError) as error:

@@ -89,6 +89,23 @@ class RoomNotice:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomChanged:
+    """A room's record after a step (roomstate.RoomRecord), for the other hubs of the room.
+
+    Published on the room's status channel by the hub that stepped it: every
+    hub with the room open takes the newest version it hears of as its copy,
+    and the hub that drives the room starts or stops its player to match.
+    """
+
+    room: str
+    mode: int
+    state: str  # a RoomState's value
+    stream_id: int | None
+    live: bool
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class SessionClosed:
     """A session ended (for ``reason``): every hub ends its streams of it.
 

@@ -24,7 +24,7 @@ from hub.core.chat import Chat
 from hub.core.events import LeaveReason, SessionClosed
 from hub.core.publication import Publication
 from hub.core.rooms import Rooms
-from hub.core.roomstore import RoomStore
+from hub.core.roomstore import RoomCluster, RoomStore
 from hub.core.sessions import PresenceStore, SessionRecord, Sessions, SessionStore
 from hub.core.subscription import Overflow, Subscriber, Subscription
 from hub.core.tokens import TokenIssuer, load_secret
@@ -68,6 +68,7 @@ class Hub:
         session_store: SessionStore | None = None,
         presence: PresenceStore | None = None,
         room_store: RoomStore | None = None,
+        room_cluster: RoomCluster | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self._clock = clock or SystemClock()
@@ -90,6 +91,7 @@ class Hub:
             opus=devices.opus,
             linger=devices.linger,
             store=room_store,
+            cluster=room_cluster,
         )
         self._closing = False
         self._subscribers: dict[str, dict[Subscriber, None]] = {}

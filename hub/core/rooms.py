@@ -9,8 +9,10 @@ the hub hands the same publication to every listener.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,17 +22,21 @@ from hub.audio.opus import OpusSettings, silence_packet
 from hub.audio.pacer import pace
 from hub.audio.sources import FileSound, Sound
 from hub.core import leds
-from hub.core.events import AudioFrame, LedFrame, RoomNotice, StreamEnd
+from hub.core.events import AudioFrame, LedFrame, RoomChanged, RoomNotice, StreamEnd
 from hub.core.fanout import Fanout
-from hub.core.roomstate import Action, Input, RoomState
-from hub.core.roomstore import MemoryRoomStore, RoomStore
-from hub.errors import InvalidArgument
+from hub.core.roomstate import ABOUT_A_STREAM, Action, Input, RoomRecord, RoomState
+from hub.core.roomstore import MemoryRoomStore, RoomCluster, RoomStore
+from hub.core.subscription import Overflow
+from hub.errors import HubError, InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
 
 # A room id is a device id: printable ASCII without spaces, as device ids
 # are in practice; it is shown in logs and used in channel names.
 ROOM_ID_MAX = 64
+# Shared by several hubs, a room opened here reads its record before it
+# serves; longer than a Redis command's own timeout, so that one comes first.
+FOLLOW_TIMEOUT = 5.0
 
 
 def check_room_id(room_id: str | None) -> str:
@@ -54,7 +60,11 @@ def audio_channel(room_id: str) -> str:
 class Admit(enum.Enum):
     SEND = "send"  # as it is
     SEND_AS_START = "send_as_start"  # the listener's first packet of this stream
-    SKIP = "skip"  # an end for a stream this listener never started
+    SKIP = "skip"  # an end for a stream this listener never started, or a late packet
+
+
+# Streams a gate remembers as over: a packet of one of them is late news.
+_GATE_MEMORY = 4
 
 
 class AudioGate:
@@ -62,21 +72,29 @@ class AudioGate:
 
     A listener that joins mid-stream gets ``is_start`` on its first packet,
     and never gets an ``is_end`` for a stream it was not started on (the stock
-    device's audio thread dies of an end without a start).
+    device's audio thread dies of an end without a start). A packet of a
+    stream already over is skipped: across hubs, the end may be published by
+    the hub where Stop was pressed while the room's player, on another hub,
+    has a packet or two of the old stream on the way; taken as a new stream,
+    such a packet would open a stream that never ends.
     """
 
-    __slots__ = ("current",)
+    __slots__ = ("current", "over")
 
     def __init__(self) -> None:
         self.current: int | None = None
+        self.over: deque[int] = deque(maxlen=_GATE_MEMORY)
 
     def admit(self, frame: AudioFrame) -> Admit:
         if frame.stream_id == self.current:
             if frame.is_end:
+                self.over.append(frame.stream_id)
                 self.current = None
             return Admit.SEND
-        if frame.is_end:
+        if frame.is_end or frame.stream_id in self.over:
             return Admit.SKIP
+        if self.current is not None:
+            self.over.append(self.current)
         self.current = frame.stream_id
         return Admit.SEND if frame.is_start else Admit.SEND_AS_START
 
@@ -84,6 +102,7 @@ class AudioGate:
 END_REASONS = {
     Input.PLAY: StreamEnd.SWITCHED,
     Input.LIVE: StreamEnd.SWITCHED,
+    Input.RESUME: StreamEnd.SWITCHED,
     Input.STOP: StreamEnd.STOPPED,
     Input.ENDED: StreamEnd.FINISHED,
     Input.FAILED: StreamEnd.ERROR,
@@ -91,7 +110,14 @@ END_REASONS = {
 
 
 class Room:
-    """One device room: its mode, its state, its player. See roomstate.py."""
+    """One device room: its mode, its state, its player. See roomstate.py.
+
+    In one process the room is all here. Shared by several hubs (a
+    ``RoomCluster``), each hub with the room open keeps a copy of its record,
+    the newest it has heard of; whoever presses steps the stored record and
+    publishes the stream's end, the notices, the LED frame and the new record
+    (``RoomChanged``); only the hub that drives the room plays its sound.
+    """
 
     def __init__(self, rooms: Rooms, room_id: str) -> None:
         self.id = room_id
@@ -99,12 +125,19 @@ class Room:
         self._hub = rooms.fanout
         self.mode = 0
         self.state = RoomState.IDLE
-        self.members = 0
+        self.members = 0  # here, on this hub
+        self.everywhere = 0  # on every hub, as last counted
         self.stream_id: int | None = None
+        self.live = False
+        self.version = 0
+        self.driving = rooms.cluster is None  # alone, a hub drives every room it has
         self._player: asyncio.Task[None] | None = None
+        self._playing: int | None = None  # the stream the player plays
         self._lock = asyncio.Lock()
         self._expiry: asyncio.TimerHandle | None = None
         self._live_title = ""
+        self._sharing: list[asyncio.Task[None]] = []
+        self.followed = asyncio.Event()  # the copy of the record is current
         self.status_channel = status_channel(room_id)
         self.audio_channel = audio_channel(room_id)
 
@@ -132,47 +165,71 @@ class Room:
             assert self.stream_id is not None
             return LiveFeed(self, self.stream_id, title, frame_seconds)
 
+    def _take(self, record: RoomRecord) -> bool:
+        """Make ``record`` this hub's copy if it is newer; whether it was."""
+        if record.version < self.version:
+            return False
+        self.mode, self.state = record.mode, record.state
+        self.stream_id, self.live, self.version = record.stream_id, record.live, record.version
+        return True
+
     async def _apply(self, given: Input, stream_id: int | None) -> None:
         before, after, actions = await self._rooms.store.step(
             self.id, given, stream_id, next_mode=self._rooms.library.next_mode
         )
-        if given in (Input.ENDED, Input.FAILED) and stream_id != before.stream_id:
+        if given in ABOUT_A_STREAM and stream_id != before.stream_id:
             return  # news from a stream that was already ended
-        self.mode, self.state = after.mode, after.state
+        self._take(after)
         for action in actions:
             if action is Action.NEXT_MODE:
-                await self._notice(f"mode {self.mode + 1}: {self.title}")
+                await self._notice(f"mode {after.mode + 1}: {self.title}")
             elif action is Action.END_STREAM:
-                await self._end_stream(END_REASONS[given])
+                assert before.stream_id is not None
+                await self._end_stream(before.stream_id, END_REASONS[given])
             elif action is Action.START_STREAM:
                 assert after.stream_id is not None
-                await self._start_stream(after.stream_id)
+                if self.driving:
+                    self._start_player(after.stream_id, after.mode)
+                await self._notice(f"playing {self._rooms.library[after.mode].title}")
             elif action is Action.START_LIVE:
-                self.stream_id = after.stream_id
                 await self._notice(f"live: {self._live_title}")
-        log.debug("%s: %s -> %s on %s", self.id, before.state.value, self.state.value, given.value)
+        log.debug("%s: %s -> %s on %s", self.id, before.state.value, after.state.value, given.value)
         await self._publish_frame()
+        if self._rooms.cluster is not None:
+            await self._hub.publish(
+                self.status_channel,
+                RoomChanged(
+                    self.id,
+                    after.mode,
+                    after.state.value,
+                    after.stream_id,
+                    after.live,
+                    after.version,
+                ),
+            )
 
-    async def _start_stream(self, stream_id: int) -> None:
-        self.stream_id = stream_id
-        sound = self._rooms.library[self.mode]
+    def _start_player(self, stream_id: int, mode: int) -> None:
+        self._stop_player()
+        self._playing = stream_id
         self._player = asyncio.get_running_loop().create_task(
-            self._play(stream_id, self.mode), name=f"room {self.id} stream {stream_id}"
+            self._play(stream_id, mode), name=f"room {self.id} stream {stream_id}"
         )
-        await self._notice(f"playing {sound.title}")
 
-    async def _end_stream(self, reason: StreamEnd) -> None:
-        """Cut the stream now: the end mark goes out before this returns."""
-        player, stream_id = self._player, self.stream_id
-        self._player = self.stream_id = None
+    def _stop_player(self) -> None:
+        player = self._player
+        self._player = self._playing = None
         if player is not None and player is not asyncio.current_task():
             # Once cancelled the player never publishes again (it only
-            # publishes right after an await), so the end mark is the last.
+            # publishes right after an await), so an end mark after is the last.
             player.cancel()
-        if stream_id is not None:
-            await self._publish_end(stream_id, reason)
-            if reason is not StreamEnd.SWITCHED:
-                await self._notice(reason.value)
+
+    async def _end_stream(self, stream_id: int, reason: StreamEnd) -> None:
+        """Cut the stream now: the end mark goes out before this returns."""
+        if self._playing == stream_id:
+            self._stop_player()
+        await self._publish_end(stream_id, reason)
+        if reason is not StreamEnd.SWITCHED:
+            await self._notice(reason.value)
 
     async def _publish_end(self, stream_id: int, reason: StreamEnd) -> None:
         frame = AudioFrame(stream_id, -1, self._rooms.silence, is_end=True, end_reason=reason)
@@ -215,6 +272,93 @@ class Room:
     async def _notice(self, text: str) -> None:
         await self._hub.publish(self.status_channel, RoomNotice(self.id, text))
 
+    # -- shared by several hubs --------------------------------------------
+
+    def share(self, cluster: RoomCluster) -> None:
+        """Follow the room's steps made at other hubs, and drive it when this hub may."""
+        loop = asyncio.get_running_loop()
+        self._sharing = [
+            loop.create_task(self._follow(cluster), name=f"room {self.id} follows"),
+            loop.create_task(self._lease(cluster), name=f"room {self.id} lease"),
+        ]
+
+    async def _follow(self, cluster: RoomCluster) -> None:
+        while True:
+            try:
+                async with self._hub.subscribe(
+                    self.status_channel,
+                    # Only the newest record matters; older ones may go.
+                    maxlen=64,
+                    overflow=Overflow.DROP_OLDEST,
+                    label=f"room {self.id}",
+                ) as heard:
+                    # Subscribed first, then read: no step falls in between.
+                    self._heard(await self._rooms.store.get(self.id))
+                    self.followed.set()
+                    async for pub in heard:
+                        event = pub.event
+                        if isinstance(event, RoomChanged):
+                            self._heard(
+                                RoomRecord(
+                                    event.mode,
+                                    RoomState(event.state),
+                                    event.stream_id,
+                                    event.live,
+                                    event.version,
+                                )
+                            )
+            except HubError as error:
+                log.warning("%s: lost the room's news (%s): reading it again", self.id, error)
+            # Lost news (Redis restarted, or out of reach): try again shortly.
+            await asyncio.sleep(cluster.renew)
+
+    def _heard(self, record: RoomRecord) -> None:
+        if self._take(record) and self.driving:
+            self._match_player()
+
+    def _match_player(self) -> None:
+        """The driver plays what the record says, whoever stepped it."""
+        if self._playing is not None and self._playing != self.stream_id:
+            self._stop_player()  # its end was published by the hub that stepped
+        if (
+            self.state is RoomState.PLAYING
+            and not self.live
+            and self.stream_id is not None
+            and self._playing != self.stream_id
+        ):
+            self._start_player(self.stream_id, self.mode)
+
+    async def _lease(self, cluster: RoomCluster) -> None:
+        while True:
+            try:
+                driving = await cluster.drive(self.id)
+            except HubError as error:
+                log.warning("%s: cannot renew the lease (%s)", self.id, error)
+                driving = False
+            if driving and not self.driving:
+                await self._take_over()
+            elif self.driving and not driving:
+                log.warning("%s: another hub drives the room now", self.id)
+                self.driving = False
+                self._stop_player()
+            await asyncio.sleep(cluster.renew)  # the lease's renewal period
+
+    async def _take_over(self) -> None:
+        """This hub drives the room from now on: a sound left playing starts again here."""
+        log.info("room %s: this hub drives it", self.id)
+        async with self._lock:
+            self.driving = True
+            try:
+                self._heard(await self._rooms.store.get(self.id))
+                stream_id = self.stream_id
+                if self.state is RoomState.PLAYING and not self.live and self._playing is None:
+                    # The hub that played it died: its listeners had a start
+                    # and no end. The end, then the sound again, in one step.
+                    await self._apply(Input.RESUME, stream_id)
+            except HubError as error:
+                log.warning("%s: cannot take the room over yet (%s)", self.id, error)
+                self.driving = False
+
     # -- presence --------------------------------------------------------
 
     async def joined(self, what: str) -> None:
@@ -222,17 +366,22 @@ class Room:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        await self._notice(f"{what} joined ({self.members} here)")
+        cluster = self._rooms.cluster
+        self.everywhere = self.members if cluster is None else await cluster.join(self.id)
+        await self._notice(f"{what} joined ({self.everywhere} here)")
 
     async def left(self, what: str) -> None:
         self.members -= 1
-        await self._notice(f"{what} left ({self.members} here)")
-        if self.members == 0:
+        cluster = self._rooms.cluster
+        self.everywhere = self.members if cluster is None else await cluster.leave(self.id)
+        await self._notice(f"{what} left ({self.everywhere} here)")
+        if self.everywhere == 0:
             # Nobody hears it: stop the sound, but keep the mode for a while
             # so that a device that reconnects finds its room as it was.
             async with self._lock:
-                if self.state is RoomState.PLAYING and self.members == 0:
+                if self.state is RoomState.PLAYING and self.everywhere == 0:
                     await self._apply(Input.STOP, None)
+        if self.members == 0:
             self.linger()
 
     def linger(self) -> None:
@@ -243,13 +392,26 @@ class Room:
             )
 
     async def close(self) -> None:
+        for task in self._sharing:
+            task.cancel()
+        await asyncio.gather(*self._sharing, return_exceptions=True)
         async with self._lock:
             if self._expiry is not None:
                 self._expiry.cancel()
-            if self.state is RoomState.PLAYING:
+            cluster = self._rooms.cluster
+            if cluster is not None:
+                # The room goes on at the other hubs: stop playing here and
+                # let another hub drive at once rather than after the lease.
+                self._stop_player()
+                if self.driving:
+                    self.driving = False
+                    with contextlib.suppress(HubError):
+                        await cluster.release(self.id)
+            elif self.state is RoomState.PLAYING:
                 # This hub's copy only: the stored record is the store's to
                 # keep (for the hub that serves the room next) or to forget.
-                await self._end_stream(StreamEnd.CLOSED)
+                if self.stream_id is not None:
+                    await self._end_stream(self.stream_id, StreamEnd.CLOSED)
                 self.state = RoomState.IDLE
 
 
@@ -305,8 +467,11 @@ class Rooms:
         cache: PacketCache | None = None,
         linger: float = 600.0,
         store: RoomStore | None = None,
+        cluster: RoomCluster | None = None,
     ) -> None:
         self.fanout = fanout
+        # Rooms shared with other hubs (``--redis``); None: this hub's own.
+        self.cluster = cluster
         self.library = library
         self.opus = opus or OpusSettings()
         self.cache = cache or PacketCache()
@@ -347,9 +512,23 @@ class Rooms:
         if room is None:
             room = self._rooms[room_id] = Room(self, check_room_id(room_id))
             log.info("room %s opened", room_id)
+            if self.cluster is None:
+                room.followed.set()
+            else:
+                room.share(self.cluster)
             # Empty from birth (a watcher or a Press opened it, or a device
             # about to join): forgotten after the linger unless someone joins.
             room.linger()
+        return room
+
+    async def open(self, room_id: str) -> Room:
+        """The room, its copy of the record current (shared: read from the store)."""
+        room = self.get(room_id)
+        if not room.followed.is_set():
+            try:
+                await asyncio.wait_for(room.followed.wait(), FOLLOW_TIMEOUT)
+            except TimeoutError:
+                raise Unavailable(f"room {room_id} cannot be read from the backplane") from None
         return room
 
     @asynccontextmanager
@@ -372,7 +551,10 @@ class Rooms:
             self.fanout.spawn(self._close(room))
 
     async def _close(self, room: Room) -> None:
-        if room.id not in self._rooms:  # not opened again meanwhile
+        # Shared, the record is the cluster's: it stays while the room is
+        # open at another hub (it is small, and a device coming back finds
+        # its mode).
+        if room.id not in self._rooms and self.cluster is None:  # not opened again meanwhile
             await self.store.forget(room.id)
         await room.close()
 

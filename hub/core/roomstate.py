@@ -20,7 +20,9 @@ must do. ``Room`` (rooms.py) executes the actions; nothing else decides.
     ERROR    PLAY        PLAYING  start stream
     ERROR    STOP        IDLE     -
     ERROR    LIVE        PLAYING  start live stream
-    IDLE/ERROR ENDED/FAILED  same -  (a stale stream's news: ignored)
+    PLAYING  RESUME      PLAYING  end stream, start stream (another hub takes
+                                   over a room whose driver died mid-sound)
+    IDLE/ERROR ENDED/FAILED/RESUME  same -  (a stale stream's news: ignored)
 
 A live stream is audio someone publishes into the room (a microphone, a
 file sent over TCP); it ends like a sound does (ENDED when the publisher
@@ -47,6 +49,9 @@ class Input(enum.Enum):
     ENDED = "ended"  # the playing sound finished by itself
     FAILED = "failed"  # the playing sound could not be read or encoded
     LIVE = "live"  # someone starts publishing audio into the room
+    # The hub that took over a room (its driver died) starts the sound again:
+    # the old stream's end, then a new one, so every listener's stays well formed.
+    RESUME = "resume"
 
 
 class Action(enum.Enum):
@@ -77,7 +82,14 @@ TRANSITIONS: dict[tuple[RoomState, Input], tuple[RoomState, tuple[Action, ...]]]
         (Action.END_STREAM, Action.START_LIVE),
     ),
     (RoomState.ERROR, Input.LIVE): (RoomState.PLAYING, (Action.START_LIVE,)),
+    (RoomState.PLAYING, Input.RESUME): (
+        RoomState.PLAYING,
+        (Action.END_STREAM, Action.START_STREAM),
+    ),
 }
+
+# Inputs that speak of one stream: news of another is stale.
+ABOUT_A_STREAM = (Input.ENDED, Input.FAILED, Input.RESUME)
 
 
 def step(state: RoomState, given: Input) -> tuple[RoomState, tuple[Action, ...]]:
@@ -92,6 +104,10 @@ class RoomRecord:
     mode: int = 0
     state: RoomState = RoomState.IDLE
     stream_id: int | None = None  # the stream playing, if any
+    live: bool = False  # that stream is someone's publication, not a mode's sound
+    # Counts the room's steps: of two copies of the record, the one with the
+    # higher version is the newer (hubs hear of steps in any order).
+    version: int = 0
 
 
 def advance(
@@ -104,20 +120,24 @@ def advance(
 ) -> tuple[RoomRecord, tuple[Action, ...]]:
     """One step of the room: its next record and the actions the room must take.
 
-    ``stream_id`` names the stream that ``ENDED`` or ``FAILED`` speaks of: news
-    of a stream that is no longer the room's changes nothing. Pure apart from
+    ``stream_id`` names the stream that ``ENDED``, ``FAILED`` or ``RESUME``
+    speaks of: news of a stream that is no longer the room's changes nothing,
+    and a live stream is not resumed (its publisher pushes it, or nobody does
+    and Stop ends it). Pure apart from
     the two functions it is given, so a store can run it under one lock (or
     one Redis transaction) and every hub sees whole steps only.
     """
-    if given in (Input.ENDED, Input.FAILED) and stream_id != record.stream_id:
+    if given in ABOUT_A_STREAM and stream_id != record.stream_id:
+        return record, ()
+    if given is Input.RESUME and record.live:
         return record, ()
     state, actions = step(record.state, given)
-    mode, current = record.mode, record.stream_id
+    mode, current, live = record.mode, record.stream_id, record.live
     for action in actions:
         if action is Action.NEXT_MODE:
             mode = next_mode(mode)
         elif action is Action.END_STREAM:
-            current = None
+            current, live = None, False
         else:  # START_STREAM, START_LIVE
-            current = new_stream_id()
-    return RoomRecord(mode, state, current), actions
+            current, live = new_stream_id(), action is Action.START_LIVE
+    return RoomRecord(mode, state, current, live, record.version + 1), actions

@@ -75,3 +75,31 @@ class MemoryRoomStore:
 
     async def forget(self, room_id: str) -> None:
         self._records.pop(room_id, None)
+
+
+class RoomCluster(Protocol):
+    """What rooms shared by several hubs need besides their records: presence and a driver.
+
+    One hub *drives* each room: it runs the room's player and publishes its
+    audio, so a sound is encoded and paced once in the whole cluster. The
+    right to drive is a lease the driver renews every ``renew`` seconds; when
+    it lapses (the driver died), another hub with the room open takes it.
+    Members are counted per hub, so the cluster knows when a room is empty
+    everywhere. In one process there is nothing of this: no ``RoomCluster``.
+    """
+
+    @property
+    def renew(self) -> float:
+        """Seconds between two attempts to take or keep a room's lease."""
+
+    async def drive(self, room_id: str) -> bool:
+        """Take the room's lease if it is free, or renew it if it is this hub's."""
+
+    async def release(self, room_id: str) -> None:
+        """Give the lease up (if this hub holds it), for another hub to take at once."""
+
+    async def join(self, room_id: str) -> int:
+        """One more member here: the members of the room on every live hub."""
+
+    async def leave(self, room_id: str) -> int:
+        """One member fewer here: the members of the room on every live hub."""

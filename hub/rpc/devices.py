@@ -227,7 +227,7 @@ class DeviceService:
             log.info("%s: device access to room %s", session.id, room_id)
         if self._hub.closing:
             raise PermissionDenied("server is shutting down")
-        return self._hub.rooms.get(room_id), session
+        return await self._hub.rooms.open(room_id), session
 
     # A HubError raised by a handler is its call's status (hub.rpc.methods).
 

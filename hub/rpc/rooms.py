@@ -38,7 +38,7 @@ WATCH_QUEUE = 256
 
 
 def describe(room: Room) -> str:
-    return f"{room.state.value}, mode {room.mode + 1}: {room.title}, {room.members} here"
+    return f"{room.state.value}, mode {room.mode + 1}: {room.title}, {room.everywhere} here"
 
 
 def encode_notice(pub: Publication) -> bytes:
@@ -65,7 +65,7 @@ class RoomsService:
     ) -> Responses:
         # A HubError raised here is the call's status (hub.rpc.methods).
         session = await self._session(context)
-        room = self._hub.rooms.get(request.room)
+        room = await self._hub.rooms.open(request.room)
         log.info("%s: watching room %s", session.id, room.id)
         async with self._hub.subscribe(
             room.status_channel,
@@ -89,7 +89,7 @@ class RoomsService:
     ) -> bytes:
         try:
             session = await self._session(context)
-            room = self._hub.rooms.get(request.room)
+            room = await self._hub.rooms.open(request.room)
             given = BUTTONS.get(request.button)
             if given is None:
                 raise InvalidArgument(f"unknown button {request.button}")

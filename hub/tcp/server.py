@@ -617,7 +617,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _join(self, room_id: str) -> None:
         self._check_room_access(room_id)
-        room = self.hub.rooms.get(room_id)
+        room = await self.hub.rooms.open(room_id)
         await self._stop_track(proto.StreamEndReason.SWITCHED)
         await self._leave(proto.StreamEndReason.SWITCHED)
         # Cancelled (the client went away) or refused between the two steps,
@@ -640,7 +640,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _publish_start(self, start: proto.PublishStart) -> None:
         self._check_room_access(start.room)
-        room = self.hub.rooms.get(start.room)
+        room = await self.hub.rooms.open(start.room)
         title = start.title or (self._session.name if self._session else "live")
         await self._publish_end()
         # A publisher is present in its room while it publishes, so an

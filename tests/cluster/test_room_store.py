@@ -47,15 +47,21 @@ def store(request: pytest.FixtureRequest) -> RoomStore:
 async def test_a_store_steps_a_room_as_the_state_table_says(store: RoomStore) -> None:
     assert await store.get("kitchen") == RoomRecord()
     before, after, actions = await store.step("kitchen", Input.MODE, None, next_mode=next_mode)
-    assert (before, after, actions) == (RoomRecord(), RoomRecord(1), (Action.NEXT_MODE,))
+    assert (before, after, actions) == (
+        RoomRecord(),
+        RoomRecord(1, version=1),
+        (Action.NEXT_MODE,),
+    )
     _, playing, actions = await store.step("kitchen", Input.PLAY, None, next_mode=next_mode)
     assert playing.state is RoomState.PLAYING and playing.stream_id is not None
     assert actions == (Action.START_STREAM,)
     stale = await store.step("kitchen", Input.ENDED, playing.stream_id + 1, next_mode=next_mode)
     assert stale == (playing, playing, ())
     _, idle, _ = await store.step("kitchen", Input.ENDED, playing.stream_id, next_mode=next_mode)
-    assert idle == RoomRecord(1, RoomState.IDLE, None)
+    assert idle == RoomRecord(1, RoomState.IDLE, None, version=3)
     assert await store.get("kitchen") == idle
+    _, live, _ = await store.step("kitchen", Input.LIVE, None, next_mode=next_mode)
+    assert live.live and await store.get("kitchen") == live
     assert await store.get("hall") == RoomRecord()
     await store.forget("kitchen")
     assert await store.get("kitchen") == RoomRecord()
@@ -72,7 +78,8 @@ async def test_two_hubs_pressing_at_once_each_press_counts_once(
             for n in range(presses)
         )
     )
-    assert (await hubs[0].get("kitchen")).mode == presses % MODES
+    record = await hubs[0].get("kitchen")
+    assert (record.mode, record.version) == (presses % MODES, presses)
 
 
 async def test_stream_ids_are_unique_across_hubs(redis_client: aioredis.Redis) -> None:

@@ -38,6 +38,10 @@ EXPECTED: dict[tuple[RoomState, Input], tuple[RoomState, tuple[Action, ...]]] = 
     (ERROR, Input.ENDED): (ERROR, ()),
     (ERROR, Input.FAILED): (ERROR, ()),
     (ERROR, Input.LIVE): (PLAYING, (LIVE,)),
+    # Another hub takes over a room whose driver died: end, then the sound again.
+    (IDLE, Input.RESUME): (IDLE, ()),
+    (PLAYING, Input.RESUME): (PLAYING, (END, START)),
+    (ERROR, Input.RESUME): (ERROR, ()),
 }
 
 

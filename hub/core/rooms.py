@@ -167,7 +167,7 @@ class Room:
 
     def _take(self, record: RoomRecord) -> bool:
         """Make ``record`` this hub's copy if it is newer; whether it was."""
-        if record.version < self.version:
+        if record.version <= self.version:
             return False
         self.mode, self.state = record.mode, record.state
         self.stream_id, self.live, self.version = record.stream_id, record.live, record.version
@@ -349,7 +349,9 @@ class Room:
         async with self._lock:
             self.driving = True
             try:
-                self._heard(await self._rooms.store.get(self.id))
+                # Not _heard: what the record plays is the dead driver's
+                # stream, which must end before the sound starts again.
+                self._take(await self._rooms.store.get(self.id))
                 stream_id = self.stream_id
                 if self.state is RoomState.PLAYING and not self.live and self._playing is None:
                     # The hub that played it died: its listeners had a start

@@ -24,6 +24,9 @@ from chat_helpers import Event, Stream, kind, login, timeout
 from cli_helpers import HUB, PASSWORD, STARTING, Proc, hub_env
 
 REDIS_READY = re.compile(r".*Ready to accept connections.*")
+STREAM_DOOR = re.compile(
+    r".*serving music and room streaming \(TCP\) on 127\.0\.0\.1:(?P<port>\d+)"
+)
 
 
 def self_signed_certificate(folder: Path) -> Path:
@@ -105,7 +108,12 @@ class RedisServer:
 @dataclass
 class ClusterHub:
     proc: Proc
-    port: int
+    port: int  # gRPC: chat, rooms and devices
+    stream_port: int  # the raw TCP door
+
+    @property
+    def stream_address(self) -> str:
+        return f"127.0.0.1:{self.stream_port}"
 
     @property
     def address(self) -> str:
@@ -143,7 +151,8 @@ class Cluster:
         """A hub serving, once it said so."""
         proc = self.start(*extra, url=url)
         match = proc.expect(STARTING, seconds=30)
-        hub = ClusterHub(proc, int(match["port"]))
+        door = proc.expect(STREAM_DOOR, seconds=30)
+        hub = ClusterHub(proc, int(match["port"]), int(door["port"]))
         self.hubs.append(hub)
         return hub
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -17,6 +18,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from cluster_helpers import Cluster, RedisServer
+
+# The TCP door's test client (tests/tcp/raw_client.py), for listeners and
+# publishers at the hubs.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tcp"))
 
 
 @pytest.fixture

@@ -1,0 +1,246 @@
+"""Device rooms across hub processes on one real Redis: one room, one sound, one driver.
+
+Stock-device stand-ins and raw TCP clients connect to different hubs of one
+room; every hub is a real process (``--redis``), killed with SIGKILL where a
+test says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+import pytest
+import pytest_asyncio
+from chat_helpers import login, timeout
+from cluster_helpers import Cluster, ClusterHub
+from raw_client import RawClient
+from stock_device import StockDevice, wait_all
+
+from hub.audio.opus import OpusSettings, encode_blocks
+from hub.audio.sources import SAMPLE_RATE, Pcm
+from hub.audio.testing import best_correlation, decode_packets
+from hub.core import leds
+from hub.core.roomstate import RoomState
+from hub.proto import chat_pb2, chat_pb2_grpc
+from hub.rpc.chat import TOKEN_HEADER
+from hub.tcp.codec import (
+    Audio,
+    Join,
+    Joined,
+    Leave,
+    Left,
+    PublishEnd,
+    PublishStart,
+    StreamEnd,
+    StreamEndReason,
+    StreamStart,
+)
+
+pytestmark = pytest.mark.asyncio
+
+ROOM = "kitchen"
+IDLE, PLAYING = RoomState.IDLE, RoomState.PLAYING
+# The bundled sounds, by mode: what a stream's StreamStart is titled.
+TITLES = ["chord", "arpeggio", "bells", "rain", "melody"]
+DRIVES = rf".*room {ROOM}: this hub drives it.*"
+
+
+class Opened:
+    """What a test opens at the hubs, closed (and checked) at its end."""
+
+    def __init__(self) -> None:
+        self.devices: list[StockDevice] = []
+        self.clients: list[RawClient] = []
+
+    async def device(self, hub: ClusterHub) -> StockDevice:
+        device = StockDevice(hub.address, ROOM)
+        await device.connect()
+        self.devices.append(device)
+        await device.wait_ready(5)
+        return device
+
+    async def listener(self, hub: ClusterHub, name: str = "listener") -> RawClient:
+        client = await RawClient.connect(hub.stream_address, name=name)
+        self.clients.append(client)
+        await client.hello()
+        client.send(Join(ROOM))
+        await client.next(Joined)
+        return client
+
+
+@pytest_asyncio.fixture
+async def opened() -> AsyncIterator[Opened]:
+    things = Opened()
+    try:
+        yield things
+    finally:
+        for device in things.devices:
+            await device.disconnect()
+        for client in things.clients:
+            client.close()
+
+
+async def watch(hub: ClusterHub, cluster: Cluster) -> grpc.aio.UnaryStreamCall:  # type: ignore[type-arg]
+    channel = await cluster.channel(hub)
+    token = await login(channel, "watcher")
+    stub = chat_pb2_grpc.RoomsStub(channel)  # type: ignore[no-untyped-call]
+    call = stub.Watch(chat_pb2.WatchRequest(room=ROOM), metadata=((TOKEN_HEADER, token),))
+    await call.read()  # the room as it is: the watch is in place
+    return call  # type: ignore[no-any-return]
+
+
+async def notice(call: grpc.aio.UnaryStreamCall, text: str) -> str:  # type: ignore[type-arg]
+    """The next notice that contains ``text``."""
+    while True:
+        event = await call.read()
+        assert event is not grpc.aio.EOF
+        if text in event.text:
+            return str(event.text)
+
+
+def shows(state: RoomState, mode: int) -> object:
+    return lambda d: d.shows(leds.frame(state, mode))
+
+
+async def test_devices_on_two_hubs_are_one_room_with_one_sound(
+    cluster: Cluster, opened: Opened
+) -> None:
+    a, b = cluster.hub(), cluster.hub()
+    on_a, on_b = await opened.device(a), await opened.device(b)
+    listener = await opened.listener(b)
+    watcher = await watch(b, cluster)
+
+    assert await on_b.mode() is True  # a press at b is the room's, at a too
+    await wait_all([on_a, on_b], shows(IDLE, 1), 5, "mode 2 at both hubs")
+    assert await on_a.play() is True
+    await notice(watcher, f"playing {TITLES[1]}")  # published at a, watched at b
+    await wait_all([on_a, on_b], shows(PLAYING, 1), 5, "playing at both hubs")
+    await wait_all([on_a, on_b], lambda d: len(d.packets) >= 50, 5, "a second of sound")
+    assert await on_b.stop() is True
+    await wait_all([on_a, on_b], lambda d: len(d.streams) == 1, 5, "the stream's end")
+    await wait_all([on_a, on_b], shows(IDLE, 1), 5, "idle at both hubs")
+
+    # One stream, encoded and paced once: the very same packets at both hubs,
+    # each decoded as one Opus packet by the device (a bad one is a trap).
+    played_a, played_b = on_a.streams[0], on_b.streams[0]
+    assert played_a.data == played_b.data and len(played_a.data) > 50
+    assert best_correlation(played_a.pcm, played_b.pcm) > 0.99
+    start = await listener.skip_to(StreamStart, 5)
+    assert start.title == TITLES[1]
+    end = await listener.skip_to(StreamEnd, 5)
+    assert (end.stream_id, end.reason) == (start.stream_id, StreamEndReason.STOPPED)
+    assert [p.packet for p in listener.audio(start.stream_id)] == played_b.data[:-1]
+    for device in (on_a, on_b):
+        device.check()
+    listener.check()
+
+    # A room is empty only when it is empty at every hub.
+    listener.send(Leave())
+    await listener.next(Left, 5)
+    assert await on_b.play() is True
+    await on_a.wait_for(lambda: len(on_a.packets) > len(played_a.packets) + 10, 5)
+    await on_a.disconnect()
+    heard = len(on_b.packets)
+    await on_b.wait_for(lambda: len(on_b.packets) > heard + 25, 5, "the sound plays on")
+    await on_b.disconnect()
+    await notice(watcher, "stopped")  # emptied everywhere: stopped, as on one hub
+    watcher.cancel()
+
+
+async def test_a_sound_goes_on_at_another_hub_when_its_driver_is_killed(
+    cluster: Cluster, opened: Opened
+) -> None:
+    a, b = cluster.hub("--log-level", "info"), cluster.hub("--log-level", "info")
+    doomed = await opened.device(a)  # a opens the room first: a drives it
+    a.proc.expect(DRIVES, seconds=timeout())
+    on_b = await opened.device(b)
+    listener = await opened.listener(b)
+    for _ in range(2):
+        assert await on_b.mode() is True
+    await wait_all([doomed, on_b], shows(IDLE, 2), 5, "mode 3 at both hubs")
+    assert await on_b.play() is True
+    first = await listener.skip_to(StreamStart, 5)
+    assert first.title == TITLES[2]
+    await listener.wait_for(lambda: len(listener.audio(first.stream_id)) >= 25, 5)
+
+    a.proc.signal(signal.SIGKILL)
+    b.proc.expect(DRIVES, seconds=timeout())
+    # The listener's stream stays well formed: the old stream's end, a new start.
+    end = await listener.skip_to(StreamEnd, 5)
+    assert end.stream_id == first.stream_id
+    second = await listener.next(StreamStart, 5)
+    assert second.stream_id != first.stream_id
+    assert second.title == TITLES[2]  # the room kept its mode
+    resumed = await listener.next(Audio, 5)
+    assert resumed.stream_id == second.stream_id and resumed.seq == 0
+    times = {id(r.event): r.time for r in listener.received}
+    last_before = listener.audio(first.stream_id)[-1]
+    gap = times[id(resumed)] - times[id(last_before)]
+    print(f"\naudio gap at a listener on the surviving hub, driver SIGKILLed: {gap * 1000:.0f} ms")
+    assert gap < timeout(2.0) + 0.5  # a sanity bound; the report gives the figure
+
+    await on_b.wait_for(
+        lambda: len(on_b.streams) == 1 and on_b.current is not None,
+        5,
+        f"the old stream ended, a new one begun: {on_b.streams} {on_b.current} {on_b.traps}",
+    )
+    await on_b.wait_for(lambda: on_b.shows(leds.frame(PLAYING, 2)), 5)
+    assert await on_b.stop() is True
+    await on_b.wait_for(lambda: len(on_b.streams) == 2, 5, "the second stream's end")
+    assert all(s.packets[0].is_start and s.packets[-1].is_end for s in on_b.streams)
+    end = await listener.skip_to(StreamEnd, 5)
+    assert (end.stream_id, end.reason) == (second.stream_id, StreamEndReason.STOPPED)
+    on_b.check()
+    listener.check()
+    opened.devices.remove(doomed)  # its hub is gone: nothing to hang up
+
+
+async def test_a_tcp_publisher_at_one_hub_is_heard_at_another(
+    cluster: Cluster, opened: Opened
+) -> None:
+    a, b = cluster.hub(), cluster.hub()
+    device = await opened.device(b)
+    listener = await opened.listener(b)
+    publisher = await RawClient.connect(a.stream_address, name="publisher")
+    opened.clients.append(publisher)
+    await publisher.hello()
+    sound = tone(440.0, 1.0)
+    packets = list(encode_blocks([sound], OpusSettings()))
+    publisher.send(PublishStart(7, ROOM, "mic"))
+    await publish_paced(publisher, 7, packets)
+    publisher.send(PublishEnd(7))
+
+    start = await listener.skip_to(StreamStart, 5)
+    assert (start.track_id, start.title) == (None, "mic")
+    end = await listener.skip_to(StreamEnd, 5)
+    assert (end.stream_id, end.reason) == (start.stream_id, StreamEndReason.FINISHED)
+    heard = [a.packet for a in listener.audio(start.stream_id)]
+    assert heard == packets
+    assert best_correlation(decode_packets(heard), sound) > 0.9
+    await device.wait_for(lambda: len(device.streams) == 1, 5, "the device's stream")
+    assert device.streams[0].data[:-1] == packets
+    device.check()
+    listener.check()
+    assert not publisher.errors()
+
+
+async def publish_paced(client: RawClient, stream_id: int, packets: list[bytes]) -> None:
+    """Send like a microphone: packet n at n x 20 ms."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    for seq, packet in enumerate(packets):
+        delay = began + seq * 0.02 - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)  # real-time pacing, not synchronisation
+        client.send(Audio(stream_id, seq, packet))
+
+
+def tone(freq: float, seconds: float) -> Pcm:
+    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    fade = np.minimum(1.0, np.minimum(t, seconds - t) / 0.01)  # no clicks at the edges
+    out: Pcm = (fade * 0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return out

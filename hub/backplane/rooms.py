@@ -189,6 +189,9 @@ class RedisRoomCluster:
     async def leave(self, room_id: str) -> int:
         return await self._members(room_id, -1)
 
+    async def members(self, room_id: str) -> int:
+        return await self._members(room_id, 0)
+
     async def _members(self, room_id: str, change: int) -> int:
         try:
             total = await self._count(

@@ -355,8 +355,13 @@ class Room:
                 stream_id = self.stream_id
                 if self.state is RoomState.PLAYING and not self.live and self._playing is None:
                     # The hub that played it died: its listeners had a start
-                    # and no end. The end, then the sound again, in one step.
-                    await self._apply(Input.RESUME, stream_id)
+                    # and no end. The end, then the sound again, in one step;
+                    # or, if its members died with it, the end: nobody hears.
+                    cluster = self._rooms.cluster
+                    assert cluster is not None
+                    self.everywhere = await cluster.members(self.id)
+                    given = Input.RESUME if self.everywhere else Input.STOP
+                    await self._apply(given, stream_id if given is Input.RESUME else None)
             except HubError as error:
                 log.warning("%s: cannot take the room over yet (%s)", self.id, error)
                 self.driving = False

@@ -103,3 +103,6 @@ class RoomCluster(Protocol):
 
     async def leave(self, room_id: str) -> int:
         """One member fewer here: the members of the room on every live hub."""
+
+    async def members(self, room_id: str) -> int:
+        """The members of the room on every live hub."""

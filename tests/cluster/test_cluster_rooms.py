@@ -7,8 +7,8 @@ test says so.
 
 from __future__ import annotations
 
-import asyncio
 import signal
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from chat_helpers import login, timeout
 from cluster_helpers import Cluster, ClusterHub
-from raw_client import RawClient
+from raw_client import RawClient, publish_paced
 from stock_device import StockDevice, wait_all
 
 from hub.audio.opus import OpusSettings, encode_blocks
@@ -33,8 +33,12 @@ from hub.tcp.codec import (
     Joined,
     Leave,
     Left,
+    ListResult,
+    ListTracks,
+    Play,
     PublishEnd,
     PublishStart,
+    Stop,
     StreamEnd,
     StreamEndReason,
     StreamStart,
@@ -116,6 +120,7 @@ async def test_devices_on_two_hubs_are_one_room_with_one_sound(
 
     assert await on_b.mode() is True  # a press at b is the room's, at a too
     await wait_all([on_a, on_b], shows(IDLE, 1), 5, "mode 2 at both hubs")
+    pressed = time.monotonic()
     assert await on_a.play() is True
     await notice(watcher, f"playing {TITLES[1]}")  # published at a, watched at b
     await wait_all([on_a, on_b], shows(PLAYING, 1), 5, "playing at both hubs")
@@ -127,6 +132,8 @@ async def test_devices_on_two_hubs_are_one_room_with_one_sound(
     # One stream, encoded and paced once: the very same packets at both hubs,
     # each decoded as one Opus packet by the device (a bad one is a trap).
     played_a, played_b = on_a.streams[0], on_b.streams[0]
+    reach = (played_b.started - pressed) * 1000
+    print(f"\nPlay pressed at one hub, the first packet at a device on the other: {reach:.1f} ms")
     assert played_a.data == played_b.data and len(played_a.data) > 50
     assert best_correlation(played_a.pcm, played_b.pcm) > 0.99
     start = await listener.skip_to(StreamStart, 5)
@@ -227,16 +234,20 @@ async def test_a_tcp_publisher_at_one_hub_is_heard_at_another(
     listener.check()
     assert not publisher.errors()
 
-
-async def publish_paced(client: RawClient, stream_id: int, packets: list[bytes]) -> None:
-    """Send like a microphone: packet n at n x 20 ms."""
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    for seq, packet in enumerate(packets):
-        delay = began + seq * 0.02 - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)  # real-time pacing, not synchronisation
-        client.send(Audio(stream_id, seq, packet))
+    # Music listening is each hub's own, its stream ids unique in the cluster.
+    music = [publisher, await RawClient.connect(b.stream_address, name="music")]
+    opened.clients.append(music[1])
+    await music[1].hello()
+    starts = []
+    for client in music:
+        client.send(ListTracks())
+        tracks = (await client.skip_to(ListResult)).tracks
+        client.send(Play(tracks[0].track_id))
+        starts.append(await client.skip_to(StreamStart))
+        await client.wait_for(lambda c=client: len(c.audio(starts[-1].stream_id)) >= 5)
+        client.send(Stop())
+        client.check()
+    assert len({music_start.stream_id for music_start in starts} | {start.stream_id}) == 3
 
 
 def tone(freq: float, seconds: float) -> Pcm:

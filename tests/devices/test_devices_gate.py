@@ -55,6 +55,20 @@ def test_switching_streams() -> None:
     assert gate.admit(packet(2, 1)) is Admit.SEND
 
 
+def test_late_packets_of_a_stream_already_over_are_skipped() -> None:
+    """Across hubs, Stop's end may overtake the player's last packets (another hub)."""
+    gate = AudioGate()
+    assert gate.admit(packet(1, 0, start=True)) is Admit.SEND
+    assert gate.admit(packet(1, -1, end=True)) is Admit.SEND
+    assert gate.admit(packet(1, 1)) is Admit.SKIP  # would reopen a stream nobody ends
+    assert gate.admit(packet(2, 0, start=True)) is Admit.SEND
+    assert gate.admit(packet(1, 2)) is Admit.SKIP
+    # A stream left behind without its end (a new one took over) is over too.
+    assert gate.admit(packet(3, 0, start=True)) is Admit.SEND
+    assert gate.admit(packet(2, 9)) is Admit.SKIP
+    assert gate.admit(packet(3, 1)) is Admit.SEND
+
+
 # -- DeviceAudio: the device's audio queue, gated as it fills ----------------
 
 

@@ -265,3 +265,14 @@ def refused(error: Error, code: ErrorCode, request: FrameType | None = None) -> 
 def contiguous(packets: Sequence[Audio]) -> bool:
     """Whether sequence numbers go 0, 1, 2, ... with no gap and no repeat."""
     return [p.seq for p in packets] == list(range(len(packets)))
+
+
+async def publish_paced(client: RawClient, stream_id: int, packets: list[bytes]) -> None:
+    """Send like a microphone: packet n at n x 20 ms."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    for seq, packet in enumerate(packets):
+        delay = began + seq * 0.02 - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)  # real-time pacing, not synchronisation
+        client.send(Audio(stream_id, seq, packet))

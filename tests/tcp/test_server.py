@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from chat_helpers import eventually
 from cli_helpers import HUB, Proc
-from raw_client import RawClient, contiguous, refused
+from raw_client import RawClient, contiguous, publish_paced, refused
 from tcp_helpers import (
     ALPHA,
     BRAVO,
@@ -785,17 +785,6 @@ async def test_room_listeners_hear_what_the_devices_hear(
     late.send(Leave())  # outside a room: nothing
     late.send(Ping(5))
     assert (await late.next(Pong)).nonce == 5
-
-
-async def publish_paced(client: RawClient, stream_id: int, packets: list[bytes]) -> None:
-    """Send like a microphone: packet n at n x 20 ms."""
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    for seq, packet in enumerate(packets):
-        delay = began + seq * 0.02 - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        client.send(Audio(stream_id, seq, packet))
 
 
 async def test_publish_into_a_room(serve: Serve, connect: Connect, new_device: NewDevice) -> None:

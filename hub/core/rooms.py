@@ -293,8 +293,15 @@ class Room:
                     label=f"room {self.id}",
                 ) as heard:
                     # Subscribed first, then read: no step falls in between.
+                    shown = self.frame
                     self._heard(await self._rooms.store.get(self.id))
                     self.followed.set()
+                    if self.frame != shown:
+                        # Read again after news was lost: this hub's devices
+                        # may show what no step will publish again.
+                        await self._hub.publish(
+                            self.status_channel, LedFrame(self.frame), droppable=True, local=True
+                        )
                     async for pub in heard:
                         event = pub.event
                         if isinstance(event, RoomChanged):
@@ -309,6 +316,11 @@ class Room:
                             )
             except HubError as error:
                 log.warning("%s: lost the room's news (%s): reading it again", self.id, error)
+                # Redis may have come back empty, its versions counting from
+                # 0 again: whatever the store says next is the record, and
+                # whoever opens the room meanwhile waits for it.
+                self.version = -1
+                self.followed.clear()
             # Lost news (Redis restarted, or out of reach): try again shortly.
             await asyncio.sleep(cluster.renew)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 from chat_helpers import login, timeout
-from cluster_helpers import Cluster, ClusterHub
+from cluster_helpers import Cluster, ClusterHub, RedisServer
 from raw_client import RawClient, publish_paced
 from stock_device import StockDevice, wait_all
 
@@ -255,3 +255,24 @@ def tone(freq: float, seconds: float) -> Pcm:
     fade = np.minimum(1.0, np.minimum(t, seconds - t) / 0.01)  # no clicks at the edges
     out: Pcm = (fade * 0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
     return out
+
+
+async def test_a_room_after_redis_restarted_empty_starts_over_at_every_hub(
+    cluster: Cluster, redis_server: RedisServer, opened: Opened
+) -> None:
+    a, b = cluster.hub(), cluster.hub()
+    on_a, on_b = await opened.device(a), await opened.device(b)
+    for _ in range(3):
+        assert await on_b.mode() is True
+    await wait_all([on_a, on_b], shows(IDLE, 3), 5, "mode 4 at both hubs")
+    redis_server.restart()
+    # The room's record and news went with Redis: the devices hear so...
+    await wait_all([on_a, on_b], lambda d: d.deaf is not None, 15, "the audio stream's end")
+    for device in (on_a, on_b):
+        await device.disconnect()
+        await device.connect()
+        await device.wait_ready(15)
+    # ...and, connected again, find the room as Redis has it now: new.
+    await wait_all([on_a, on_b], shows(IDLE, 0), 5, "the first mode at both hubs")
+    assert await on_b.mode() is True
+    await wait_all([on_a, on_b], shows(IDLE, 1), 5, "mode 2 at both hubs")

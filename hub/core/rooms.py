@@ -385,23 +385,40 @@ class Room:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        cluster = self._rooms.cluster
-        self.everywhere = self.members if cluster is None else await cluster.join(self.id)
+        counted = await self._count(what, +1)
+        self.everywhere = self.everywhere + 1 if counted is None else counted
         await self._notice(f"{what} joined ({self.everywhere} here)")
 
     async def left(self, what: str) -> None:
         self.members -= 1
-        cluster = self._rooms.cluster
-        self.everywhere = self.members if cluster is None else await cluster.leave(self.id)
-        await self._notice(f"{what} left ({self.everywhere} here)")
-        if self.everywhere == 0:
-            # Nobody hears it: stop the sound, but keep the mode for a while
-            # so that a device that reconnects finds its room as it was.
-            async with self._lock:
-                if self.state is RoomState.PLAYING and self.everywhere == 0:
-                    await self._apply(Input.STOP, None)
+        counted = await self._count(what, -1)
+        # Not counted (Redis away): whether the room is empty elsewhere is
+        # unknown, so it plays on (a driver that takes it over stops it if
+        # its members are gone).
+        self.everywhere = max(self.everywhere - 1, self.members) if counted is None else counted
+        try:
+            await self._notice(f"{what} left ({self.everywhere} here)")
+            if counted == 0:
+                # Nobody hears it: stop the sound, but keep the mode for a while
+                # so that a device that reconnects finds its room as it was.
+                async with self._lock:
+                    if self.state is RoomState.PLAYING and self.everywhere == 0:
+                        await self._apply(Input.STOP, None)
+        except HubError as error:  # shared, and Redis is away: leaving must not fail
+            log.warning("%s: %s left unannounced (%s)", self.id, what, error)
         if self.members == 0:
             self.linger()
+
+    async def _count(self, what: str, change: int) -> int | None:
+        """Members on every hub after ``change`` here; None if that cannot be counted now."""
+        cluster = self._rooms.cluster
+        if cluster is None:
+            return self.members
+        try:
+            return await (cluster.join(self.id) if change > 0 else cluster.leave(self.id))
+        except HubError as error:
+            log.warning("%s: %s not counted across hubs (%s)", self.id, what, error)
+            return None
 
     def linger(self) -> None:
         """Be forgotten after the linger, unless someone joins first."""

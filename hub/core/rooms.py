@@ -4,6 +4,12 @@ Each room has two channels on the hub: ``room:ID:status`` carries LED frames
 and notices, ``room:ID:audio`` the Opus stream. Whatever plays is encoded once
 (the packet cache), paced once (one player task per room) and published once;
 the hub hands the same publication to every listener.
+
+With several hubs (a ``RoomCluster``, ``--redis``) a room is the same at every
+hub that has it open: its record lives in the store, each step is published
+as ``RoomChanged``, and one hub, the room's driver, plays its sounds (see
+``Room``). Listeners' gates keep their streams well formed whichever hub
+published each packet or mark.
 """
 
 from __future__ import annotations

@@ -108,6 +108,10 @@ class BackplaneSettings:
     # there: 10,000 lines is over a minute of the busiest chat we measured,
     # and a few MB of Redis memory per channel.
     history: int = 10_000
+    # The same, for a channel trimmed by a droppable publication (a room's
+    # audio, fifty packets a second): 1,000 entries is 20 s of one room's
+    # sound, about 150 KB, where 10,000 would hold 1.5 MB of it per room.
+    media_history: int = 1_000
     # A hub refreshes its liveness key this often, and sweeps for sessions due
     # to end (departure, expiry): the precision of the grace period.
     heartbeat: float = 0.5

@@ -26,6 +26,8 @@ Device rooms' channels are shared the same way, audio included: a stream's
 packets and its start and end marks travel on one Redis stream, so every hub
 hands them to its listeners in the one order they were published, whichever
 hub published each (the driver plays, the hub where Stop was pressed ends).
+A droppable publication (audio) trims its stream to the shorter
+``media_history``: a room's sound is worth keeping for seconds, not minutes.
 Fifty small entries a second per playing room is little for Redis, and a
 listener that falls behind skips packets at its own queue as it would on one
 hub.
@@ -126,7 +128,7 @@ class RedisBroker:
                 ],
                 args=[
                     secrets.token_hex(8),
-                    self._settings.history,
+                    self._settings.media_history if pub.droppable else self._settings.history,
                     repr(pub.time),
                     "1" if pub.droppable else "",
                     data,

@@ -20,7 +20,7 @@ from cluster_helpers import RedisServer
 from hub.backplane.broker import RedisBroker
 from hub.backplane.keys import Keys
 from hub.core.broker import HistoryLost
-from hub.core.events import UserMessage
+from hub.core.events import AudioFrame, UserMessage
 from hub.core.publication import Publication
 from hub.settings import BackplaneSettings
 
@@ -123,3 +123,20 @@ async def test_a_hub_is_told_when_redis_lost_its_data(
     assert isinstance(got[1].event, HistoryLost)
     assert got[2].event.text == "line 1"
     assert got[2].position is not None and got[2].position.offset == 1
+
+
+async def test_a_channel_of_audio_keeps_a_shorter_history_than_chat(
+    make_broker: MakeBroker, redis_server: RedisServer
+) -> None:
+    broker, _, _ = await make_broker(start=False, history=5_000, media_history=10)
+    for n in range(1_000):
+        frame = AudioFrame(1, n, b"\xf8\xff\xfe")
+        await broker.publish(Publication("room:r:audio", frame, 0.0, droppable=n > 0))
+        await broker.publish(Publication("chat", UserMessage("a", "s", f"{n}"), 0.0))
+    admin = aioredis.Redis(port=redis_server.port)
+    try:
+        # MAXLEN ~ trims whole nodes of 100 entries: about 10, never 1,000.
+        assert await admin.xlen(Keys().stream("room:r:audio")) <= 200
+        assert await admin.xlen(Keys().stream("chat")) == 1_000
+    finally:
+        await admin.aclose()

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 # of it. An explicit GRPC_VERBOSITY (e.g. debug) still wins.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
+from hub import workers
 from hub.app import Addresses, App
 from hub.audio.library import SoundLibrary, default_sounds_folder
 from hub.audio.music import MusicFolder
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server's event loop (default %(default)s: more lines per second per core, "
         "bench/README.md)",
     )
+    workers.add_options(srv)
     tcp = parser.add_argument_group("streaming over TCP (docs/protocol.md)")
     tcp.add_argument(
         "--stream-address",
@@ -251,6 +253,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             ),
         ),
         stream=StreamSettings(require_token=args.stream_token),
+        reuse_port=args.worker is not None,
     )
 
 
@@ -304,6 +307,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     printer = Printer(sys.stderr)
     if args.server:
+        if args.worker is not None:
+            workers.become_worker(args.worker)
+        elif args.workers != 1:
+            if why := workers.refusal(args):
+                printer.line(PROCESS, why)
+                return 1
+            given = sys.argv[1:] if argv is None else list(argv)
+            return run_on(args.loop, workers.supervise(given, args))
         return run_on(args.loop, serve(args, printer))
     from clients.py_cli.chat import run_client  # the client pulls in prompt_toolkit
 

@@ -81,3 +81,8 @@ class Settings:
     chat: ChatSettings = field(default_factory=ChatSettings)
     devices: DeviceSettings = field(default_factory=DeviceSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
+    # Share every listening port with other processes (SO_REUSEPORT). Only the
+    # workers of `hub -s --workers N` do: the kernel spreads new connections
+    # over them. Off otherwise, so that a second hub started on a port in use
+    # fails to bind instead of silently taking part of its connections.
+    reuse_port: bool = False

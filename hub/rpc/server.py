@@ -20,9 +20,6 @@ MAX_RECEIVE_BYTES = 64 * 1024
 
 OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-    # Without SO_REUSEPORT a second hub on the same port fails to bind, as
-    # it should, instead of silently sharing the port with the first.
-    ("grpc.so_reuseport", 0),
     # Notice peers that vanished without a FIN (a pulled cable, a suspended
     # laptop): ping after 30 s of silence, give up 10 s later.
     ("grpc.keepalive_time_ms", 30_000),
@@ -30,6 +27,13 @@ OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 ]
+
+
+def server_options(reuse_port: bool) -> list[tuple[str, int]]:
+    """OPTIONS, with SO_REUSEPORT on only for ``hub --workers`` (Settings.reuse_port):
+    without it a second hub on the same port fails to bind, as it should,
+    instead of silently sharing the port with the first."""
+    return [*OPTIONS, ("grpc.so_reuseport", int(reuse_port))]
 
 
 class BindError(Exception):
@@ -40,7 +44,7 @@ class GrpcServer:
     def __init__(self, hub: Hub, addresses: list[str]) -> None:
         self._hub = hub
         self._addresses = addresses
-        self._server = grpc.aio.server(options=OPTIONS)
+        self._server = grpc.aio.server(options=server_options(hub.settings.reuse_port))
         self._server.add_generic_rpc_handlers(
             [
                 ChatService(hub).handler(),

@@ -159,7 +159,11 @@ class StreamServer:
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: ClientConnection(self), host or None, int(port), reuse_address=True
+            lambda: ClientConnection(self),
+            host or None,
+            int(port),
+            reuse_address=True,
+            reuse_port=self.hub.settings.reuse_port,
         )
         bound = self._server.sockets[0].getsockname()
         where = f"{host}:{bound[1]}"

@@ -1,0 +1,205 @@
+"""``hub -s --workers N``: worker processes that share the ports, and their parent.
+
+Real processes, a real redis-server, real gRPC. Each worker's log lines carry
+``worker I (pid P)``, which is how a test sees which worker a connection
+landed on. Nothing sleeps to synchronise: waits are for log lines or for
+processes to exit, with deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from collections.abc import Iterator
+
+import grpc
+import psutil
+import pytest
+from cli_helpers import PASSWORD, Proc, Procs, hub_env, timeout
+
+from hub.proto import chat_pb2, chat_pb2_grpc
+
+WORKER_LISTENING = re.compile(
+    r".* worker (?P<index>\d) \(pid (?P<pid>\d+)\) INFO hub\.(?P<door>rpc|tcp)\.server: "
+    r"(?:gRPC serving|streaming) on 127\.0\.0\.1:(?P<port>\d+)"
+)
+LOGGED_IN = re.compile(r".* worker (?P<index>\d) \(pid \d+\) INFO hub\.core\.chat: .* logged in")
+# Each channel its own TCP connection, so that each Login is a new connection
+# for the kernel to hand to one worker or the other.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    started = Procs()
+    yield started
+    started.stop_all()
+
+
+def start_workers(procs: Procs, redis_url: str, count: int = 2) -> tuple[Proc, dict[int, int], int]:
+    """``hub -s -v --workers COUNT`` on free ports; the parent, {index: pid}, the chat port."""
+    parent = procs.start(
+        "-s",
+        "-v",
+        "-p",
+        PASSWORD,
+        "--workers",
+        str(count),
+        "-h",
+        "127.0.0.1:0",
+        "--device-address",
+        "none",
+        "--stream-address",
+        "127.0.0.1:0",
+        env=hub_env(HUB_REDIS_URL=redis_url),
+    )
+    pids: dict[int, int] = {}
+    doors: dict[tuple[int, str], int] = {}  # (worker, door): port
+    while len(doors) < 2 * count:
+        match = parent.expect(WORKER_LISTENING, seconds=30)
+        pids[int(match["index"])] = int(match["pid"])
+        doors[int(match["index"]), match["door"]] = int(match["port"])
+    for door in ("rpc", "tcp"):
+        ports = {doors[index, door] for index in range(count)}
+        assert len(ports) == 1, f"the workers' {door} doors are on different ports: {ports}"
+    assert doors[0, "rpc"] != doors[0, "tcp"]
+    return parent, pids, doors[0, "rpc"]
+
+
+def listening_ports(pid: int) -> set[int]:
+    return {
+        c.laddr.port
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
+async def login_until_every_worker_served(port: int, parent: Proc, count: int) -> set[int]:
+    """Log in on new connections until each worker has logged a login (at most 200 tries)."""
+    served: set[int] = set()
+    for attempt in range(200):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as ch:
+            stub = chat_pb2_grpc.ChatStub(ch)  # type: ignore[no-untyped-call]
+            request = chat_pb2.LoginRequest(name=f"user{attempt}", password=PASSWORD)
+            await asyncio.wait_for(stub.Login(request), timeout())
+        served.add(int(parent.expect(LOGGED_IN)["index"]))
+        if len(served) == count:
+            break
+    return served
+
+
+@pytest.mark.asyncio
+async def test_two_workers_serve_one_port_and_stop_together(
+    procs: Procs, redis_server: str
+) -> None:
+    parent, pids, port = start_workers(procs, redis_server)
+    assert len(set(pids.values())) == 2
+    assert parent.popen.pid not in pids.values()
+    for pid in pids.values():
+        # Both doors of both workers listen: the chat port and the stream port.
+        ports = listening_ports(pid)
+        assert port in ports and len(ports) == 2, ports
+    assert listening_ports(pids[0]) == listening_ports(pids[1])
+
+    assert await login_until_every_worker_served(port, parent, 2) == {0, 1}
+
+    parent.signal(signal.SIGTERM)
+    assert parent.wait(seconds=10) == 0
+    _, alive = psutil.wait_procs([p for p in map(_process, pids.values()) if p], timeout=timeout(5))
+    assert not alive
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def test_a_worker_that_dies_stops_the_group(procs: Procs, redis_server: str) -> None:
+    parent, pids, _ = start_workers(procs, redis_server)
+    survivor = psutil.Process(pids[0])
+    psutil.Process(pids[1]).kill()
+    parent.expect(
+        rf".* ERROR hub\.workers: worker 1 \(pid {pids[1]}\) exited with status -9; "
+        r"stopping the others"
+    )
+    assert parent.wait() == 1
+    _, alive = psutil.wait_procs([survivor], timeout=timeout(5))
+    assert not alive
+
+
+def test_workers_stop_when_their_parent_is_killed(procs: Procs, redis_server: str) -> None:
+    parent, pids, _ = start_workers(procs, redis_server)
+    workers = [psutil.Process(pid) for pid in pids.values()]
+    parent.popen.kill()
+    _, alive = psutil.wait_procs(workers, timeout=timeout(10))
+    assert not alive
+    # They stopped themselves, in order (their standard error is the parent's).
+    stopped = {
+        int(
+            parent.expect(
+                r".* worker (\d) \(pid \d+\) WARNING hub\.workers: "
+                r"the supervising process is gone: stopping"
+            )[1]
+        )
+        for _ in pids
+    }
+    assert stopped == set(pids)
+
+
+@pytest.mark.parametrize("redis", ["", "redis://127.0.0.1:1"])
+def test_more_than_one_worker_needs_redis(procs: Procs, redis: str) -> None:
+    """Without a backplane --workers is refused in one line; with one, --workers 0 is."""
+    env = hub_env()
+    env.pop("HUB_REDIS_URL", None)
+    if redis:
+        env["HUB_REDIS_URL"] = redis
+    workers = "0" if redis else "2"
+    parent = procs.start("-s", "-p", PASSWORD, "--workers", workers, env=env)
+    assert parent.wait() == 1
+    (line,) = parent.lines
+    if redis:
+        assert line.endswith("<<Process>>: --workers must be at least 1, not 0")
+    else:
+        assert line.endswith(
+            "<<Process>>: --workers needs --redis URL (or HUB_REDIS_URL): "
+            "without a shared backplane each worker would be a separate hub "
+            "behind one port"
+        )
+
+
+# TEMPORARY until branch scale's tests/cluster/conftest.py (redis_server) is merged.
+@pytest.fixture
+def redis_server(tmp_path: object) -> Iterator[str]:
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        if b"Ready to accept connections" in raw:
+            break
+    yield f"redis://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait()
+    proc.stdout.close()

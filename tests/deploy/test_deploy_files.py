@@ -1,0 +1,245 @@
+"""deploy/: the compose file, the HAProxy configuration and the Kubernetes manifests.
+
+Checked without Docker or a cluster: yamllint on every YAML file,
+kubernetes-validate (strict, against its bundled schemas) on the manifests,
+``haproxy -c`` on the HAProxy configuration. Then what they say about the hub
+is held against the hub itself: every hub command line is parsed by the hub's
+own parser, its doors' ports are the ones the load balancers and probes
+target, and every environment variable they set is one the hub reads.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from yamllint import linter
+from yamllint.config import YamlLintConfig
+
+from hub.cli import build_parser
+from hub.core.tokens import SECRET_ENV, SECRET_FILE_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+HAPROXY_CFG = DEPLOY / "haproxy.cfg"
+YAML_FILES = sorted(DEPLOY.rglob("*.yaml"))
+YAMLLINT = YamlLintConfig(
+    "{extends: default, rules: {line-length: {max: 100}, document-start: disable}}"
+)
+# The door each port name means, in every file: chat (-h), devices
+# (--device-address), stream (--stream-address).
+DOORS = {"chat": "host", "devices": "device_address", "stream": "stream_address"}
+PUBLIC_PORTS = {"chat": 6262, "devices": 50051, "stream": 8080}
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def hub_doors(argv: list[str]) -> dict[str, int]:
+    """The port of each door a hub started with ``argv`` listens on (the hub's parser)."""
+    args = build_parser().parse_args(argv)
+    assert args.server, argv
+    return {door: int(getattr(args, attr).rpartition(":")[2]) for door, attr in DOORS.items()}
+
+
+def env_names_the_hub_reads() -> set[str]:
+    """The token secret's two names, and every HUB_* name ``hub --help`` mentions."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "hub", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    return {SECRET_ENV, SECRET_FILE_ENV, *re.findall(r"\bHUB_[A-Z_]+\b", help_text)}
+
+
+# -- every file ---------------------------------------------------------------
+
+
+def test_there_are_deployment_files() -> None:
+    names = {p.relative_to(DEPLOY).as_posix() for p in YAML_FILES}
+    assert {"compose.yaml", "k8s/hub.yaml", "k8s/service.yaml", "k8s/redis.yaml"} <= names
+    assert "k8s/secret.yaml" in names
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: p.relative_to(DEPLOY).as_posix())
+def test_yamllint(path: Path) -> None:
+    problems = list(linter.run(path.read_text(), YAMLLINT, str(path)))
+    assert not problems, "\n".join(f"{path}:{p.line}:{p.column}: {p.message}" for p in problems)
+
+
+# -- Kubernetes ---------------------------------------------------------------
+
+
+def k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every manifest's objects by (kind, name)."""
+    found = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in documents(path):
+            found[doc["kind"], doc["metadata"]["name"]] = doc
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(K8S.glob("*.yaml")), ids=lambda p: p.name)
+def test_kubernetes_manifests_are_valid(path: Path) -> None:
+    for doc in documents(path):
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+
+
+def hub_container() -> dict[str, Any]:
+    deployment = k8s_objects()["Deployment", "hub"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container  # type: ignore[no-any-return]
+
+
+def expand(arg: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(NAME)`` expansion in args."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)
+
+
+def test_kubernetes_runs_three_hubs_on_redis_with_the_ports_the_hub_serves() -> None:
+    objects = k8s_objects()
+    deployment = objects["Deployment", "hub"]
+    assert deployment["spec"]["replicas"] == 3
+    container = hub_container()
+    env = {e["name"]: e.get("value", "SECRET") for e in container["env"]}
+    argv = [expand(arg, env) for arg in container["args"]]
+    doors = hub_doors(argv)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == doors
+
+    # The Service: a load balancer with the three public ports, each to its door.
+    service = objects["Service", "hub"]
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        name: (port, name) for name, port in PUBLIC_PORTS.items()
+    }
+
+    # --redis names the Redis Service and its port.
+    redis = build_parser().parse_args(argv).redis
+    match = re.fullmatch(r"redis://([\w.-]+):(\d+)", redis)
+    assert match, redis
+    redis_service = objects["Service", match[1]]
+    assert int(match[2]) in {p["port"] for p in redis_service["spec"]["ports"]}
+    redis_pods = objects["Deployment", match[1]]["spec"]["template"]["metadata"]["labels"]
+    assert redis_service["spec"]["selector"] == redis_pods
+
+
+def test_kubernetes_probes_ask_the_chat_door() -> None:
+    container = hub_container()
+    chat_port = hub_doors([expand(a, {"HUB_PASSWORD": "x"}) for a in container["args"]])["chat"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == chat_port, probe
+
+
+def test_kubernetes_secret_holds_what_the_hubs_read() -> None:
+    objects = k8s_objects()
+    secret = objects["Secret", "hub"]
+    keys = set(secret["stringData"])
+    # Shipped empty, so that nothing runs on a secret everyone can read here.
+    assert all(value == "" for value in secret["stringData"].values())
+    container = hub_container()
+    assert set(e["name"] for e in container["env"]) <= env_names_the_hub_reads() | {
+        "HUB_PASSWORD"  # only expanded into -p by Kubernetes
+    }
+    for e in container["env"]:
+        if "valueFrom" in e:
+            ref = e["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == "hub" and ref["key"] in keys
+    pod = objects["Deployment", "hub"]["spec"]["template"]["spec"]
+    (volume,) = pod["volumes"]
+    (mount,) = container["volumeMounts"]
+    assert volume["secret"]["secretName"] == "hub" and mount["name"] == volume["name"]
+    files = {
+        f"{mount['mountPath']}/{item['path']}": item["key"] for item in volume["secret"]["items"]
+    }
+    secret_file = next(e["value"] for e in container["env"] if e["name"] == SECRET_FILE_ENV)
+    assert files[secret_file] == "token-secret" and "token-secret" in keys
+
+
+# -- Docker Compose and HAProxy ------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    (doc,) = documents(DEPLOY / "compose.yaml")
+    return doc  # type: ignore[no-any-return]
+
+
+def compose_hubs() -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in compose()["services"].items() if re.fullmatch(r"hub\d", name)}
+
+
+def compose_argv(service: dict[str, Any]) -> list[str]:
+    # ${VAR:?message} is Compose's interpolation; the value does not matter here.
+    return [re.sub(r"\$\{\w+:\?[^}]*\}", "value", arg) for arg in service["command"]]
+
+
+def haproxy_sections(text: str) -> dict[str, list[list[str]]]:
+    """``{"frontend chat": [["bind", ":6262"], ...], ...}``; comments dropped."""
+    sections: dict[str, list[list[str]]] = {}
+    current: list[list[str]] = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            current = sections.setdefault(" ".join(line.split()), [])
+        else:
+            current.append(line.split())
+    return sections
+
+
+def test_compose_runs_redis_three_hubs_and_haproxy() -> None:
+    services = compose()["services"]
+    hubs = compose_hubs()
+    assert sorted(hubs) == ["hub1", "hub2", "hub3"]
+    readable = env_names_the_hub_reads()
+    for name, hub in hubs.items():
+        argv = compose_argv(hub)
+        redis = build_parser().parse_args(argv).redis
+        assert re.fullmatch(r"redis://redis:6379", redis), (name, redis)
+        assert set(hub["environment"]) <= readable, name
+        # The signing secret from a Compose secret, mounted where the hub reads it.
+        (secret,) = hub["secrets"]
+        assert hub["environment"][SECRET_FILE_ENV] == f"/run/secrets/{secret}"
+        assert secret in compose()["secrets"]
+    assert "redis" in services and "redis-server" in services["redis"]["command"]
+    published = {int(p.split(":")[0]): int(p.split(":")[1]) for p in services["haproxy"]["ports"]}
+    assert published == {port: port for port in PUBLIC_PORTS.values()}
+    (volume,) = services["haproxy"]["volumes"]
+    assert volume.split(":")[0] == "./haproxy.cfg"
+
+
+def test_haproxy_fronts_every_door_of_every_compose_hub() -> None:
+    sections = haproxy_sections(HAPROXY_CFG.read_text())
+    hubs = compose_hubs()
+    for door, public in PUBLIC_PORTS.items():
+        frontend = sections[f"frontend {door}"]
+        assert ["bind", f":{public}"] in frontend
+        assert ["default_backend", door] in frontend
+        servers = {line[1]: line[2] for line in sections[f"backend {door}"] if line[0] == "server"}
+        assert servers == {
+            name: f"{name}:{hub_doors(compose_argv(hub))[door]}" for name, hub in hubs.items()
+        }
+    defaults = sections["defaults"]
+    assert ["mode", "tcp"] in defaults
+    assert any(line[0] == "default-server" and "check" in line for line in defaults)
+
+
+def test_haproxy_accepts_the_configuration() -> None:
+    check = subprocess.run(
+        ["haproxy", "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True, timeout=30
+    )
+    output = check.stdout + check.stderr
+    assert check.returncode == 0, output
+    assert "Configuration file is valid" in output
+    # The only warnings allowed: the hubs' names, which only Docker's DNS knows.
+    for line in output.splitlines():
+        if "[WARNING]" in line:
+            assert re.search(r"could not resolve address 'hub\d'", line), line

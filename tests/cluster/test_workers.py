@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import grpc
 import psutil
 import pytest
+import redis_tmp
 from cli_helpers import PASSWORD, Proc, Procs, hub_env, timeout
 
 from hub.proto import chat_pb2, chat_pb2_grpc
@@ -171,35 +172,4 @@ def test_more_than_one_worker_needs_redis(procs: Procs, redis: str) -> None:
 
 
 # TEMPORARY until branch scale's tests/cluster/conftest.py (redis_server) is merged.
-@pytest.fixture
-def redis_server(tmp_path: object) -> Iterator[str]:
-    import socket
-    import subprocess
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    for raw in proc.stdout:
-        if b"Ready to accept connections" in raw:
-            break
-    yield f"redis://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait()
-    proc.stdout.close()
+_redis_server = pytest.fixture(name="redis_server")(redis_tmp.run_redis)

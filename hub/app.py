@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hub.audio.library import SoundLibrary
 from hub.audio.music import MusicFolder
 from hub.core.hub import Hub
+from hub.core.tokens import SECRET_ENV, SECRET_FILE_ENV
 from hub.rpc.server import BindError, GrpcServer
 from hub.settings import Settings
 from hub.tcp.server import StreamServer
+
+if TYPE_CHECKING:
+    from hub.backplane import Backplane
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,28 @@ class Addresses:
     stream: str | None = "0.0.0.0:8080"
 
 
+class StartError(Exception):
+    """The hub cannot start as asked; the message says why in one line."""
+
+
+def backplane_for(url: str, settings: Settings, env: dict[str, str] | None = None) -> Backplane:
+    """The Redis backplane at ``url`` (``--redis``), once its preconditions hold."""
+    env = dict(os.environ) if env is None else env
+    if not (env.get(SECRET_ENV) or env.get(SECRET_FILE_ENV)):
+        raise StartError(
+            f"--redis needs the token signing secret every hub shares: "
+            f"set {SECRET_ENV} or {SECRET_FILE_ENV}"
+        )
+    try:
+        from hub.backplane import Backplane
+    except ImportError:
+        raise StartError("--redis needs the redis package: pip install 'hub[redis]'") from None
+    try:
+        return Backplane(url, settings)
+    except ValueError as error:  # redis-py's word on a malformed URL
+        raise StartError(f"--redis: {error}") from None
+
+
 class App:
     def __init__(
         self,
@@ -39,10 +67,22 @@ class App:
         secret: bytes | None = None,
         library: SoundLibrary | None = None,
         music: MusicFolder | None = None,
+        backplane: Backplane | None = None,
     ) -> None:
         self.settings = settings
         self.addresses = addresses
-        self.hub = Hub(settings, secret=secret, library=library)
+        self.backplane = backplane
+        if backplane is None:
+            self.hub = Hub(settings, secret=secret, library=library)
+        else:
+            self.hub = Hub(
+                settings,
+                secret=secret,
+                library=library,
+                broker=backplane.broker,
+                session_store=backplane.sessions,
+                presence=backplane.presence,
+            )
         self.grpc = GrpcServer(self.hub, addresses.grpc) if addresses.grpc else None
         self.stream = StreamServer(self.hub, music) if addresses.stream else None
         self._stop = asyncio.Event()
@@ -60,7 +100,27 @@ class App:
         on_stopping: Callable[[], None] | None = None,
     ) -> None:
         """Serve until SIGINT or SIGTERM; ``on_started`` gets the bound addresses
-        (gRPC ones first, the stream one last)."""
+        (gRPC ones first, the stream one last). Raises ``StartError`` when the
+        backplane is out of reach."""
+        if self.backplane is not None:
+            from hub.backplane import BackplaneError
+
+            try:
+                await self.backplane.start()
+            except BackplaneError as error:
+                await self.backplane.close()
+                raise StartError(str(error)) from None
+        try:
+            await self._serve(on_started, on_stopping)
+        finally:
+            if self.backplane is not None:
+                await self.backplane.close()
+
+    async def _serve(
+        self,
+        on_started: Callable[[list[str]], Awaitable[None]] | None,
+        on_stopping: Callable[[], None] | None,
+    ) -> None:
         await self.hub.start()
         bound = await self.grpc.start() if self.grpc else []
         if self.stream is not None and self.addresses.stream is not None:

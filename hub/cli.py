@@ -24,13 +24,14 @@ from typing import Any, TypeVar
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from hub import workers
-from hub.app import Addresses, App
+from hub.app import Addresses, App, StartError, backplane_for
 from hub.audio.library import SoundLibrary, default_sounds_folder
 from hub.audio.music import MusicFolder
 from hub.audio.opus import OpusSettings
 from hub.core.chat import CHANNEL
 from hub.core.events import UserJoined, UserLeft
 from hub.core.subscription import Overflow
+from hub.errors import Unavailable
 from hub.lines import PROCESS, SERVER, Printer
 from hub.rpc.server import BindError
 from hub.settings import ChatSettings, DeviceSettings, Settings, StreamSettings
@@ -140,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="uvloop",
         help="the server's event loop (default %(default)s: more lines per second per core, "
         "bench/README.md)",
+    )
+    srv.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get("HUB_REDIS_URL", ""),
+        help="act as one hub with every hub on this Redis (redis://, rediss://; "
+        "env HUB_REDIS_URL); needs HUB_TOKEN_SECRET or HUB_TOKEN_SECRET_FILE",
     )
     workers.add_options(srv)
     tcp = parser.add_argument_group("streaming over TCP (docs/protocol.md)")
@@ -268,26 +276,44 @@ async def serve(args: argparse.Namespace, printer: Printer) -> int:
         printer.line(PROCESS, str(error))
         return 1
     stream_address = None if args.stream_address.lower() == "none" else args.stream_address
+    try:
+        backplane = backplane_for(args.redis, settings) if args.redis else None
+    except StartError as error:
+        printer.line(PROCESS, str(error))
+        return 1
     app = App(
         settings,
         Addresses(grpc=grpc_addresses, stream=stream_address),
         library=library,
         music=MusicFolder(args.music or default_sounds_folder()),
+        backplane=backplane,
     )
     if not args.password:
         log.warning("no password set (-p): anyone who reaches the server can log in")
 
     async def print_sessions() -> None:
-        # The server's transcript is one more subscriber of the room.
-        async with app.hub.subscribe(
-            CHANNEL, maxlen=65536, overflow=Overflow.DISCONNECT, label="transcript"
-        ) as room:
-            async for pub in room:
-                event = pub.event
-                if isinstance(event, UserJoined):
-                    printer.line(SERVER, f"{event.session_id} ({event.name}) has logged in")
-                elif isinstance(event, UserLeft):
-                    printer.line(SERVER, f"{event.session_id} ({event.name}) has logged out")
+        # The server's transcript is one more subscriber of the room; with
+        # --redis it may be ended (events lost between hubs, logged) and
+        # subscribes again.
+        while not app.hub.closing:
+            subscribed = False
+            try:
+                async with app.hub.subscribe(
+                    CHANNEL, maxlen=65536, overflow=Overflow.DISCONNECT, label="transcript"
+                ) as room:
+                    subscribed = True
+                    async for pub in room:
+                        event = pub.event
+                        if isinstance(event, UserJoined):
+                            printer.line(SERVER, f"{event.session_id} ({event.name}) has logged in")
+                        elif isinstance(event, UserLeft):
+                            printer.line(
+                                SERVER, f"{event.session_id} ({event.name}) has logged out"
+                            )
+                    return
+            except Unavailable:
+                if not subscribed:  # Redis is out of reach: try again in a while
+                    await asyncio.sleep(1.0)
 
     async def started(bound: list[str]) -> None:
         tune_gc()
@@ -298,6 +324,9 @@ async def serve(args: argparse.Namespace, printer: Printer) -> int:
         await app.run(started, on_stopping=lambda: printer.line(SERVER, "shutting down"))
     except BindError as error:
         printer.line(PROCESS, f"server unable to bind on provided host: {error}")
+        return 1
+    except StartError as error:
+        printer.line(PROCESS, str(error))
         return 1
     return 0
 

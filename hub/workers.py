@@ -63,11 +63,19 @@ def refusal(args: argparse.Namespace) -> str | None:
     """Why ``args`` cannot run as workers, in one line; None if they can."""
     if args.workers < 1:
         return f"--workers must be at least 1, not {args.workers}"
-    if not (getattr(args, "redis", None) or os.environ.get("HUB_REDIS_URL")):
+    if not args.redis:
         return (
             "--workers needs --redis URL (or HUB_REDIS_URL): without a shared backplane "
             "each worker would be a separate hub behind one port"
         )
+    from hub.app import StartError, backplane_for
+    from hub.settings import Settings
+
+    try:
+        # The checks every worker would make (secret, redis package, URL), once.
+        backplane_for(args.redis, Settings())
+    except StartError as error:
+        return str(error)
     return None
 
 

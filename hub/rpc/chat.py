@@ -75,7 +75,7 @@ class ChatService:
         if token is None:
             await abort(context, Unauthenticated("missing token header"))
         try:
-            session = self._hub.chat.authenticate(token)
+            session = await self._hub.chat.authenticate(token)
         except HubError as error:
             await abort(context, error)
         if self._hub.closing:

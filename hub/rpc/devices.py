@@ -188,14 +188,14 @@ class DeviceService:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    def _room(self, context: grpc.aio.ServicerContext) -> Room:
+    async def _room(self, context: grpc.aio.ServicerContext) -> Room:
         room_id = check_room_id(metadata_value(context, DEVICE_ID_HEADER))
         policy = self._hub.settings.devices
         if policy.requires_token(room_id):
             token = metadata_value(context, TOKEN_HEADER)
             if token is None:
                 raise Unauthenticated(f"room {room_id} requires an {TOKEN_HEADER} token")
-            session = self._hub.sessions.authenticate(token)
+            session = await self._hub.sessions.authenticate(token)
             log.info("%s: device access to room %s", session.id, room_id)
         if self._hub.closing:
             raise PermissionDenied("server is shutting down")
@@ -207,7 +207,7 @@ class DeviceService:
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
         try:
-            room = self._room(context)
+            room = await self._room(context)
         except HubError as error:
             await abort(context, error)
         peer = context.peer()
@@ -256,7 +256,7 @@ class DeviceService:
         self, events: AsyncIterator[comms_pb2.DeviceEvent], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         try:
-            room = self._room(context)
+            room = await self._room(context)
         except HubError as error:
             await abort(context, error)
         ack = comms_pb2.DeviceEventResponse(ack=True).SerializeToString()
@@ -276,7 +276,7 @@ class DeviceService:
         self, request: comms_pb2.AudioStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         try:
-            room = self._room(context)
+            room = await self._room(context)
         except HubError as error:
             await abort(context, error)
         packets = DeviceAudio(

@@ -49,17 +49,17 @@ class RoomsService:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    def _session(self, context: grpc.aio.ServicerContext) -> Session:
+    async def _session(self, context: grpc.aio.ServicerContext) -> Session:
         token = metadata_value(context, TOKEN_HEADER)
         if token is None:
             raise Unauthenticated("missing token header")
-        return self._hub.sessions.authenticate(token)
+        return await self._hub.sessions.authenticate(token)
 
     async def watch(
         self, request: chat_pb2.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         try:
-            session = self._session(context)
+            session = await self._session(context)
             room = self._hub.rooms.get(request.room)
         except HubError as error:
             await abort(context, error)
@@ -85,7 +85,7 @@ class RoomsService:
         self, request: chat_pb2.PressRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
         try:
-            session = self._session(context)
+            session = await self._session(context)
             room = self._hub.rooms.get(request.room)
             given = BUTTONS.get(request.button)
             if given is None:

@@ -11,62 +11,37 @@ import asyncio
 import contextlib
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-import pytest_asyncio
-import redis_tmp
 from chat_helpers import Stream, eventually, kind, login
-from cli_helpers import PASSWORD, Proc, Procs, hub_env
+from cluster_helpers import Cluster, ClusterHub
 from haproxy_helpers import Balancer, start_haproxy
 from waiting import Changes
 
 from hub.proto import chat_pb2
 
-GRPC_SERVING = re.compile(r".* INFO hub\.rpc\.server: gRPC serving on 127\.0\.0\.1:(\d+)")
 STREAMING = re.compile(r".* INFO hub\.tcp\.server: streaming on 127\.0\.0\.1:(\d+)")
 # Each client its own TCP connection through the balancer.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 CLIENTS = 6
 
 
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    started = Procs()
-    yield started
-    started.stop_all()
-
-
-def start_hub(procs: Procs, redis_url: str) -> tuple[Proc, dict[str, int]]:
-    """A hub process with its doors on free ports; it and {door: port}."""
-    hub = procs.start(
-        "-s",
-        "-v",
-        "-p",
-        PASSWORD,
-        "-h",
-        "127.0.0.1:0",
-        "--device-address",
-        "none",
-        "--stream-address",
-        "127.0.0.1:0",
-        env=hub_env(HUB_REDIS_URL=redis_url),
-    )
-    chat = int(hub.expect(GRPC_SERVING, seconds=30)[1])
-    stream = int(hub.expect(STREAMING)[1])
+def doors(hub: ClusterHub) -> dict[str, int]:
+    """The hub's port for each door HAProxy fronts (from its -v start-up lines)."""
+    (stream,) = (int(m[1]) for line in hub.proc.lines if (m := STREAMING.fullmatch(line)))
     # Every gRPC port serves every service: the devices' door is the chat port here.
-    return hub, {"chat": chat, "devices": chat, "stream": stream}
+    return {"chat": hub.port, "devices": hub.port, "stream": stream}
 
 
-@pytest_asyncio.fixture
-async def cluster(
-    procs: Procs, redis_server: str, tmp_path: Path
-) -> AsyncIterator[tuple[list[Proc], Balancer]]:
-    started = [start_hub(procs, redis_server) for _ in range(3)]
-    balancer = start_haproxy(tmp_path, [ports for _, ports in started])
-    yield [hub for hub, _ in started], balancer
+@pytest.fixture
+def balanced(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[list[ClusterHub], Balancer]]:
+    """Three hubs on the Redis of ``cluster``, and HAProxy in front of them."""
+    hubs = [cluster.hub("-v") for _ in range(3)]
+    balancer = start_haproxy(tmp_path, [doors(hub) for hub in hubs])
+    yield hubs, balancer
     balancer.stop()
 
 
@@ -112,9 +87,9 @@ async def wait_all(clients: list[Client], text: str, seconds: float = 10) -> Non
 
 @pytest.mark.asyncio
 async def test_clients_chat_through_haproxy_across_three_hubs(
-    cluster: tuple[list[Proc], Balancer],
+    balanced: tuple[list[ClusterHub], Balancer],
 ) -> None:
-    hubs, balancer = cluster
+    hubs, balancer = balanced
     clients = [Client(balancer.address("chat"), f"user{i}") for i in range(CLIENTS)]
     try:
         for client in clients:
@@ -162,10 +137,6 @@ async def test_clients_chat_through_haproxy_across_three_hubs(
             await client.close()
 
 
-def logged_in(hub: Proc, name: str) -> bool:
+def logged_in(hub: ClusterHub, name: str) -> bool:
     pattern = re.compile(rf".* INFO hub\.core\.chat: [0-9a-f]+: '{name}' logged in")
-    return any(pattern.fullmatch(line) for line in list(hub.lines))
-
-
-# TEMPORARY until branch scale's tests/cluster/conftest.py (redis_server) is merged.
-_redis_server = pytest.fixture(name="redis_server")(redis_tmp.run_redis)
+    return any(pattern.fullmatch(line) for line in list(hub.proc.lines))

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import grpc
 import psutil
 import pytest
-import redis_tmp
 from cli_helpers import PASSWORD, Proc, Procs, hub_env, timeout
+from cluster_helpers import RedisServer
 
 from hub.proto import chat_pb2, chat_pb2_grpc
 
@@ -92,9 +92,9 @@ async def login_until_every_worker_served(port: int, parent: Proc, count: int) -
 
 @pytest.mark.asyncio
 async def test_two_workers_serve_one_port_and_stop_together(
-    procs: Procs, redis_server: str
+    procs: Procs, redis_server: RedisServer
 ) -> None:
-    parent, pids, port = start_workers(procs, redis_server)
+    parent, pids, port = start_workers(procs, redis_server.url)
     assert len(set(pids.values())) == 2
     assert parent.popen.pid not in pids.values()
     for pid in pids.values():
@@ -118,8 +118,8 @@ def _process(pid: int) -> psutil.Process | None:
         return None
 
 
-def test_a_worker_that_dies_stops_the_group(procs: Procs, redis_server: str) -> None:
-    parent, pids, _ = start_workers(procs, redis_server)
+def test_a_worker_that_dies_stops_the_group(procs: Procs, redis_server: RedisServer) -> None:
+    parent, pids, _ = start_workers(procs, redis_server.url)
     survivor = psutil.Process(pids[0])
     psutil.Process(pids[1]).kill()
     parent.expect(
@@ -131,8 +131,8 @@ def test_a_worker_that_dies_stops_the_group(procs: Procs, redis_server: str) -> 
     assert not alive
 
 
-def test_workers_stop_when_their_parent_is_killed(procs: Procs, redis_server: str) -> None:
-    parent, pids, _ = start_workers(procs, redis_server)
+def test_workers_stop_when_their_parent_is_killed(procs: Procs, redis_server: RedisServer) -> None:
+    parent, pids, _ = start_workers(procs, redis_server.url)
     workers = [psutil.Process(pid) for pid in pids.values()]
     parent.popen.kill()
     _, alive = psutil.wait_procs(workers, timeout=timeout(10))
@@ -169,7 +169,3 @@ def test_more_than_one_worker_needs_redis(procs: Procs, redis: str) -> None:
             "without a shared backplane each worker would be a separate hub "
             "behind one port"
         )
-
-
-# TEMPORARY until branch scale's tests/cluster/conftest.py (redis_server) is merged.
-_redis_server = pytest.fixture(name="redis_server")(redis_tmp.run_redis)

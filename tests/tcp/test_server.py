@@ -115,7 +115,7 @@ async def test_unsupported_version_is_refused_and_closed(serve: Serve, connect: 
 
 async def test_required_token(serve: Serve, connect: Connect) -> None:
     served = await serve(StreamSettings(require_token=True))
-    _, token = served.hub.sessions.create("alice")
+    _, token = await served.hub.sessions.create("alice")
 
     anonymous = await connect(served.address, hello=False)
     anonymous.send(Hello(PROTOCOL_VERSION, "anon"))
@@ -142,12 +142,12 @@ async def test_bad_token_is_refused_even_when_optional(serve: Serve, connect: Co
 
 async def test_logout_ends_the_connection(serve: Serve, connect: Connect) -> None:
     served = await serve(StreamSettings(require_token=True))
-    session, token = served.hub.sessions.create("alice")
+    session, token = await served.hub.sessions.create("alice")
     alice = await connect(served.address, token=token)
-    bystander = await connect(served.address, token=served.hub.sessions.create("bob")[1])
+    bystander = await connect(served.address, token=(await served.hub.sessions.create("bob"))[1])
     alice.send(Play(ALPHA))
     await alice.next(StreamStart)
-    served.hub.sessions.revoke(token)
+    await served.hub.sessions.revoke(token)
     error = await alice.fatal_error()
     assert error.code is ErrorCode.UNAUTHENTICATED
     assert alice.eof
@@ -187,7 +187,7 @@ async def test_join_refusals_are_not_fatal(serve: Serve, connect: Connect) -> No
     client.send(PublishEnd(1))
     client.send(Join("hall"))
     assert (await client.next(Joined)).room == "hall"
-    _, token = served.hub.sessions.create("alice")
+    _, token = await served.hub.sessions.create("alice")
     alice = await connect(served.address, token=token)
     alice.send(Join("vip"))
     assert (await alice.next(Joined)).room == "vip"

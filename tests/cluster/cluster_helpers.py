@@ -1,0 +1,127 @@
+"""Real Redis and real hub processes for the cluster tests.
+
+``RedisServer`` runs Debian's ``redis-server`` on a free port in a temporary
+folder, without persistence (``--save "" --appendonly no``): a restart is an
+empty Redis, as after a crash. It can be SIGKILLed and started again on the
+same port. ``Cluster`` starts hub processes on it, every door on a free port
+(port 0), and waits for each one's start-up line, never a fixed time.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cli_helpers import HUB, PASSWORD, STARTING, Proc, hub_env
+
+REDIS_READY = re.compile(r".*Ready to accept connections.*")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    def __init__(self, folder: Path, *, password: str | None = None) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.password = password
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        argv = [
+            "redis-server",
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.folder),
+            "--save", "",
+            "--appendonly", "no",
+            "--logfile", "/dev/stderr",
+        ]  # fmt: skip
+        if self.password:
+            argv += ["--requirepass", self.password]
+        self.proc = Proc(argv)
+        self.proc.expect(REDIS_READY, seconds=20)
+
+    def kill(self) -> None:
+        """SIGKILL: gone at once, and with it everything it held."""
+        assert self.proc is not None
+        self.proc.signal(signal.SIGKILL)
+        self.proc.stop()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+
+@dataclass
+class ClusterHub:
+    proc: Proc
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.popen.poll() is None
+
+
+class Cluster:
+    """Hub processes on one Redis; ``close`` stops them all."""
+
+    def __init__(self, redis: RedisServer, stack: AsyncExitStack) -> None:
+        self.redis = redis
+        self.stack = stack
+        self.hubs: list[ClusterHub] = []
+        self.procs: list[Proc] = []
+
+    def start(self, *extra: str, url: str | None = None, env: dict[str, str] | None = None) -> Proc:
+        """A hub process, not waited for (to see it refuse to start)."""
+        argv = [
+            *HUB, "-s", "-p", PASSWORD,
+            "-h", "127.0.0.1:0",
+            "--device-address", "none",
+            "--stream-address", "127.0.0.1:0",
+            "--redis", url or self.redis.url,
+            *extra,
+        ]  # fmt: skip
+        proc = Proc(argv, env=env if env is not None else hub_env())
+        self.procs.append(proc)
+        return proc
+
+    def hub(self, *extra: str, url: str | None = None) -> ClusterHub:
+        """A hub serving, once it said so."""
+        proc = self.start(*extra, url=url)
+        match = proc.expect(STARTING, seconds=30)
+        hub = ClusterHub(proc, int(match["port"]))
+        self.hubs.append(hub)
+        return hub
+
+    async def channel(self, hub: ClusterHub) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(hub.address)
+        self.stack.push_async_callback(channel.close, None)
+        return channel
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+            # Shown by pytest for a failed test only.
+            print(f"--- {' '.join(proc.argv[-8:])}", *proc.lines, sep="\n")

@@ -578,7 +578,8 @@ class Server(HubProcess):
             self.args.server_module,
             [
                 "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none",
-                "--rate", "0", "--queue", str(self.args.queue), *self.args.server_arg,
+                "--stream-address", "none", "--rate", "0", "--queue", str(self.args.queue),
+                *self.args.server_arg,
             ],
             env=server_env(self.args.server_env),
             cwd=self.args.server_cwd,

@@ -407,34 +407,37 @@ def describe_room(res: dict[str, Any]) -> str:
 
 
 def workers_compare(args: argparse.Namespace, log_dir: Path) -> list[dict[str, Any]]:
-    redis = RedisProcess(Path(tempfile.mkdtemp(dir=log_dir)))
-    redis.start()
     base = chat.build_parser().parse_args(
         ["--wait-quiet", str(args.wait_quiet), "--quiet-pct", str(args.quiet_pct),
          "--duration", str(args.duration), "--warmup", str(args.warmup)]
     )  # fmt: skip
     configs = {
         "1 process": [],
-        "1 process, --redis": ["--redis", redis.url],
-        "--workers 2, --redis": ["--workers", "2", "--redis", redis.url],
+        "1 process, --redis": ["--redis"],
+        "--workers 2, --redis": ["--workers", "2", "--redis"],
     }
     results = []
-    try:
-        for sc in [chat.parse_scenario(s) for s in args.workers_scenarios.split(",")]:
-            for name, extra in configs.items():
-                chat_args = copy.copy(base)
-                chat_args.server_arg = extra
-                try:
-                    res = chat.run_scenario(sc, chat_args, log_dir)
-                except Exception as error:
-                    print(f"== workers {sc.label} [{name}]: FAILED TO RUN: {error}", flush=True)
-                    continue
-                res["part"] = "workers"
-                res["config"] = name
-                print(f"-- [{name}]\n" + chat.describe(res), flush=True)
-                results.append(res)
-    finally:
-        redis.stop()
+    for sc in [chat.parse_scenario(s) for s in args.workers_scenarios.split(",")]:
+        for name, extra in configs.items():
+            # A fresh Redis for every run, as bench.chat gives every run a fresh
+            # hub: the last run's sessions would end (after the grace) in this
+            # run's window, hundreds of client_logout events on every stream.
+            redis = RedisProcess(Path(tempfile.mkdtemp(dir=log_dir)))
+            chat_args = copy.copy(base)
+            chat_args.server_arg = [*extra, redis.url] if extra else []
+            try:
+                if extra:
+                    redis.start()
+                res = chat.run_scenario(sc, chat_args, log_dir)
+            except Exception as error:
+                print(f"== workers {sc.label} [{name}]: FAILED TO RUN: {error}", flush=True)
+                continue
+            finally:
+                redis.stop()
+            res["part"] = "workers"
+            res["config"] = name
+            print(f"-- [{name}]\n" + chat.describe(res), flush=True)
+            results.append(res)
     return results
 
 

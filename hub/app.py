@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,10 +39,13 @@ class StartError(Exception):
     """The hub cannot start as asked; the message says why in one line."""
 
 
-def backplane_for(url: str, settings: Settings, env: dict[str, str] | None = None) -> Backplane:
-    """The Redis backplane at ``url`` (``--redis``), once its preconditions hold."""
-    env = dict(os.environ) if env is None else env
-    if not (env.get(SECRET_ENV) or env.get(SECRET_FILE_ENV)):
+def backplane_for(url: str, settings: Settings, *, shared_secret: bool) -> Backplane:
+    """The Redis backplane at ``url`` (``--redis``), once its preconditions hold.
+
+    ``shared_secret``: the token signing secret was given (not made up per
+    process), so tokens from one hub are good at the others.
+    """
+    if not shared_secret:
         raise StartError(
             f"--redis needs the token signing secret every hub shares: "
             f"set {SECRET_ENV} or {SECRET_FILE_ENV}"
@@ -148,3 +150,6 @@ class App:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
             await self.hub.close()
+            # Sounds encoded part of the way hold a file and a resampler each;
+            # at exit those would be reported as leaked (see PacketCache.close).
+            await self.hub.rooms.cache.close()

@@ -7,63 +7,49 @@ connections over them. They share sessions, chat and rooms through the Redis
 backplane exactly as hubs on separate machines do, so ``--workers`` needs
 ``--redis``.
 
-The parent serves nothing. It starts the workers as ``python -m hub <the same
-arguments> --worker I``, forwards SIGINT and SIGTERM to them, and exits when
+The parent serves nothing. It starts the workers as ``python -m hub.workers I
+PARENT_PID <the same arguments>``, forwards SIGINT and SIGTERM to them, and exits when
 they all have: 0 if every worker stopped cleanly. It restarts none. A worker
 that exits on its own is logged, the others are stopped, and the parent exits
 1: whoever supervises the parent (systemd, Docker's restart policy,
 Kubernetes) then restarts the group, instead of the parent hiding a crash loop
-behind silent restarts. A worker's standard input is a pipe from the parent
-that is never written: when the parent dies, even by SIGKILL, the pipe ends
-and the worker stops itself, so no worker outlives its supervisor.
+behind silent restarts. A worker asks the kernel for SIGTERM when its parent
+dies, even by SIGKILL, so no worker outlives its supervisor.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
+import ctypes
 import logging
 import os
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-log = logging.getLogger(__name__)
+from hub.lines import PROCESS, Printer
+
+if TYPE_CHECKING:
+    from hub.config import Config
+
+# Not __name__: a worker runs this module as __main__ (python -m hub.workers).
+log = logging.getLogger("hub.workers")
 
 # How long the parent waits for its workers to finish after passing on a stop
 # signal before it kills them: a worker's own budget (hub.app.SHUTDOWN_GRACE,
 # then the streaming door's close) with room to spare, and still inside the
 # 10 s that Docker and Kubernetes wait before their SIGKILL.
 WORKER_STOP_TIMEOUT = 8.0
+# <sys/prctl.h>: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
-def add_options(group: argparse._ArgumentGroup) -> None:
-    group.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="server processes sharing the ports (SO_REUSEPORT), one per core; "
-        "more than 1 needs --redis (default %(default)s)",
-    )
-    # Set by the parent on each worker it starts; not for people.
-    group.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
-
-
-def wants_supervisor(args: argparse.Namespace) -> bool:
-    """Whether this process is the parent of ``--workers N`` (N > 1)."""
-    return bool(args.server and args.workers > 1 and args.worker is None)
-
-
-def refusal(args: argparse.Namespace) -> str | None:
-    """Why ``args`` cannot run as workers, in one line; None if they can."""
-    if args.workers < 1:
-        return f"--workers must be at least 1, not {args.workers}"
-    if not args.redis:
+def refusal(config: Config) -> str | None:
+    """Why ``config`` cannot run as workers, in one line; None if it can."""
+    if not config.redis:
         return (
             "--workers needs --redis URL (or HUB_REDIS_URL): without a shared backplane "
             "each worker would be a separate hub behind one port"
@@ -73,10 +59,24 @@ def refusal(args: argparse.Namespace) -> str | None:
 
     try:
         # The checks every worker would make (secret, redis package, URL), once.
-        backplane_for(args.redis, Settings())
+        backplane_for(
+            config.redis,
+            Settings(),
+            shared_secret=bool(config.token_secret or config.token_secret_file),
+        )
     except StartError as error:
         return str(error)
     return None
+
+
+def run(config: Config, argv: Sequence[str], printer: Printer) -> int:
+    """``hub -s --workers N``: refuse in one line, or supervise N workers."""
+    from hub.cli import run_on
+
+    if why := refusal(config):
+        printer.line(PROCESS, why)
+        return 1
+    return run_on(config.loop, supervise(argv, config))
 
 
 # -- the parent ----------------------------------------------------------------
@@ -91,8 +91,8 @@ class Doors:
     stream: str
 
     @classmethod
-    def of(cls, args: argparse.Namespace) -> Doors:
-        return cls(args.host, args.device_address, args.stream_address)
+    def of(cls, config: Config) -> Doors:
+        return cls(config.host, config.device_address, config.stream_address)
 
     def as_args(self) -> list[str]:
         return ["-h", self.host, "--device-address", self.device, "--stream-address", self.stream]
@@ -139,10 +139,10 @@ def reserve(doors: Doors) -> tuple[Doors, list[socket.socket]]:
         raise
 
 
-async def supervise(argv: Sequence[str], args: argparse.Namespace) -> int:
-    """Run ``args.workers`` workers until a signal or until one exits; the exit status."""
+async def supervise(argv: Sequence[str], config: Config) -> int:
+    """Run ``config.workers`` workers until a signal or until one exits; the exit status."""
     try:
-        doors, held = reserve(Doors.of(args))
+        doors, held = reserve(Doors.of(config))
     except (OSError, ValueError) as error:
         log.error("cannot reserve the ports for the workers: %s", error)
         return 1
@@ -152,17 +152,17 @@ async def supervise(argv: Sequence[str], args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, stop.set)
     workers: list[asyncio.subprocess.Process] = []
     try:
-        for index in range(args.workers):
+        for index in range(config.workers):
             workers.append(
                 await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "hub",
-                    *argv,
-                    "--worker",
+                    "hub.workers",
                     str(index),
+                    str(os.getpid()),
+                    *argv,
                     *doors.as_args(),
-                    stdin=asyncio.subprocess.PIPE,
+                    stdin=asyncio.subprocess.DEVNULL,
                 )
             )
         log.info("started %d workers: pids %s", len(workers), " ".join(str(w.pid) for w in workers))
@@ -218,23 +218,53 @@ async def _watch(workers: list[asyncio.subprocess.Process], stop: asyncio.Event)
 # -- a worker ------------------------------------------------------------------
 
 
-def become_worker(index: int) -> None:
-    """In a worker: mark its log lines, and stop when the parent is gone."""
-    marker = f"worker {index} (pid {os.getpid()})"
+class _WorkerMarker(logging.Filter):
+    """Puts ``worker I (pid P): `` before every record's message, in either log
+    format, so that a reader sees which worker a line came from."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.marker = f"worker {index} (pid {os.getpid()}): "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "hub_worker_marked", False):
+            record.msg = self.marker + str(record.msg)
+            record.hub_worker_marked = True
+        return True
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    """A worker: ``python -m hub.workers INDEX PARENT_PID <the hub's arguments>``.
+
+    It runs the hub's own server (``hub.cli.serve``); ``--workers`` among its
+    arguments puts it on the shared ports (``Settings.reuse_port``). It marks
+    its log lines and stops when the parent is gone.
+    """
+    from hub import cli
+    from hub.config import load
+
+    index, parent, rest = int(argv[0]), int(argv[1]), list(argv[2:])
+    config = load(rest, os.environ)
+    cli.configure_logging(config)
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s {marker} %(levelname)s %(name)s: %(message)s")
-        )
-    threading.Thread(target=_stop_with_parent, name="parent-watch", daemon=True).start()
+        handler.addFilter(_WorkerMarker(index))
+    _stop_with_parent(parent)
+    return cli.run_on(config.loop, cli.serve(config, Printer(sys.stderr)))
 
 
-def _stop_with_parent() -> None:
-    # Standard input is the parent's pipe, never written: it reads as ended
-    # once the parent is gone, however it died.
-    # (os.read, not sys.stdin: a daemon thread blocked in a buffered reader
-    # holds its lock, which the interpreter's exit then waits on.)
-    with contextlib.suppress(OSError):
-        while os.read(0, 4096):
-            pass
-    log.warning("the supervising process is gone: stopping")
-    os.kill(os.getpid(), signal.SIGTERM)
+def _stop_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent dies, however
+    it dies (Linux's PR_SET_PDEATHSIG; elsewhere nothing is arranged)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        log.warning("cannot arrange to stop with the supervising process on this system")
+        return
+    if os.getppid() != parent:  # it died before the arrangement was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))

@@ -43,5 +43,8 @@ class Keys:
         """The sessions the hub holds streams of (what to sweep if it dies)."""
         return f"{self.prefix}held:{hub_id}"
 
+    def room(self, room_id: str) -> str:
+        return f"{self.prefix}room:{room_id}"
+
     def alive(self, hub_id: str) -> str:
         return f"{self.prefix}alive:{hub_id}"

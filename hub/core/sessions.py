@@ -221,6 +221,8 @@ class Sessions:
         session = self._live.pop(session_id, None)
         if session is None:
             return
+        if session.streams:
+            self._presence.leave(session_id)  # this hub holds none of it any more
         error: HubError | None = None
         if reason is LeaveReason.EXPIRED:
             error = SessionEnded("token expired")

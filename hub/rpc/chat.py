@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,11 +17,14 @@ import grpc
 from hub.core.events import ServerShutdown, UserJoined, UserLeft, UserMessage
 from hub.core.hub import Hub
 from hub.core.publication import Publication
+from hub.core.ratelimit import FailureThrottle, RateLimitedLog
 from hub.core.sessions import Session
 from hub.core.subscription import Subscription
-from hub.errors import HubError, Unauthenticated, Unavailable
+from hub.errors import HubError, ResourceExhausted, Unauthenticated, Unavailable
+from hub.logs import set_context
 from hub.proto import chat_pb2
-from hub.rpc.status import abort, metadata_value
+from hub.rpc.methods import Methods, Responses, consume
+from hub.rpc.status import abort, metadata_value, peer_address
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +53,37 @@ def encode_event(pub: Publication) -> bytes:
 class ChatService:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
+        settings = hub.settings.chat
+        self._failed_logins = FailureThrottle(
+            settings.login_failure_rate,
+            settings.login_failure_burst,
+            settings.login_peers_max,
+            hub.clock,
+        )
+        self._throttle_log = RateLimitedLog(log, hub.clock)
 
     async def login(
         self, request: chat_pb2.LoginRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
+        set_context(peer=context.peer())
+        # A HubError raised here is the call's status (hub.rpc.methods).
+        peer = peer_address(context.peer())
+        wait = self._failed_logins.wait(peer)
+        if wait > 0:
+            # Before the password is checked: a throttled peer learns nothing.
+            raise ResourceExhausted(f"too many failed logins, retry in {math.ceil(wait)} s")
         try:
             _, token = await self._hub.chat.login(request.name, request.password)
-        except HubError as error:
-            await abort(context, error)
+        except Unauthenticated:
+            if self._failed_logins.failed(peer):
+                self._throttle_log.warning("%s: too many failed logins, throttled", peer)
+            raise
         return chat_pb2.LoginResponse(token=token).SerializeToString()
 
     async def logout(
         self, request: chat_pb2.LogoutRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
+        set_context(peer=context.peer())
         try:
             await self._hub.chat.logout(request.token)
         except HubError as error:
@@ -70,7 +92,7 @@ class ChatService:
 
     async def stream(
         self, requests: AsyncIterator[chat_pb2.StreamRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    ) -> Responses:
         token = metadata_value(context, TOKEN_HEADER)
         if token is None:
             await abort(context, Unauthenticated("missing token header"))
@@ -78,6 +100,8 @@ class ChatService:
             session = await self._hub.chat.authenticate(token)
         except HubError as error:
             await abort(context, error)
+        set_context(session=session.id, peer=context.peer())
+        log.debug("stream opened")
         if self._hub.closing:
             await abort(context, Unavailable("server is shutting down"))
         async with self._hub.chat.stream(session) as subscription:
@@ -100,33 +124,14 @@ class ChatService:
         subscription: Subscription,
     ) -> None:
         # A refused line ends this stream only, with the refusal as its status.
-        try:
-            async for request in requests:
-                await self._hub.chat.say(session, request.message)
-        except HubError as error:
-            subscription.close(error)
-        except asyncio.CancelledError:
-            raise
-        except (grpc.RpcError, grpc.aio.AbortError):
-            # The peer went away mid-read, or the writer side aborted the call
-            # with a status (which wakes this read with AbortError).
-            pass
-        except Exception:
-            log.exception("%s: reading the stream failed", session.id)
-            subscription.close(Unavailable("internal error"))
+        async def say(request: chat_pb2.StreamRequest) -> None:
+            await self._hub.chat.say(session, request.message)
+
+        await consume(requests, say, subscription, session.id)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            "chat.Chat",
-            {
-                "Login": grpc.unary_unary_rpc_method_handler(
-                    self.login, request_deserializer=chat_pb2.LoginRequest.FromString
-                ),
-                "Logout": grpc.unary_unary_rpc_method_handler(
-                    self.logout, request_deserializer=chat_pb2.LogoutRequest.FromString
-                ),
-                "Stream": grpc.stream_stream_rpc_method_handler(
-                    self.stream, request_deserializer=chat_pb2.StreamRequest.FromString
-                ),
-            },
-        )
+        methods = Methods("chat.Chat", self._hub.clock)
+        methods.unary_unary("Login", self.login, chat_pb2.LoginRequest)
+        methods.unary_unary("Logout", self.logout, chat_pb2.LogoutRequest)
+        methods.stream_stream("Stream", self.stream, chat_pb2.StreamRequest)
+        return methods.handler()

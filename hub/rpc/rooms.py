@@ -1,13 +1,13 @@
 """The hub's Rooms service (chat.proto): chat users watching and pressing rooms.
 
 Watching is not presence: a watcher neither keeps a room's sound playing
-nor shows up among its devices.
+nor shows up among its devices. A watch belongs to its token's session:
+Logout or expiry ends it with UNAUTHENTICATED (hub.rpc.sessionbound).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import grpc
 
@@ -19,8 +19,11 @@ from hub.core.roomstate import Input
 from hub.core.sessions import Session
 from hub.core.subscription import Overflow
 from hub.errors import HubError, InvalidArgument, Unauthenticated
+from hub.logs import set_context
 from hub.proto import chat_pb2
 from hub.rpc.chat import TOKEN_HEADER
+from hub.rpc.methods import Methods, Responses
+from hub.rpc.sessionbound import bound_to
 from hub.rpc.status import abort, metadata_value
 
 log = logging.getLogger(__name__)
@@ -53,16 +56,16 @@ class RoomsService:
         token = metadata_value(context, TOKEN_HEADER)
         if token is None:
             raise Unauthenticated("missing token header")
-        return await self._hub.sessions.authenticate(token)
+        session = await self._hub.sessions.authenticate(token)
+        set_context(session=session.id, peer=context.peer())
+        return session
 
     async def watch(
         self, request: chat_pb2.WatchRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        try:
-            session = await self._session(context)
-            room = self._hub.rooms.get(request.room)
-        except HubError as error:
-            await abort(context, error)
+    ) -> Responses:
+        # A HubError raised here is the call's status (hub.rpc.methods).
+        session = await self._session(context)
+        room = self._hub.rooms.get(request.room)
         log.info("%s: watching room %s", session.id, room.id)
         async with self._hub.subscribe(
             room.status_channel,
@@ -70,16 +73,16 @@ class RoomsService:
             overflow=Overflow.DISCONNECT,
             label=f"{session.id} watching {room.id}",
         ) as updates:
-            now = Publication(
-                room.status_channel, RoomNotice(room.id, describe(room)), self._hub.clock.wall()
-            )
-            yield now.encoded(encode_notice)
-            try:
+            with bound_to(self._hub.sessions, session, updates):
+                now = Publication(
+                    room.status_channel,
+                    RoomNotice(room.id, describe(room)),
+                    self._hub.clock.wall(),
+                )
+                yield now.encoded(encode_notice)
                 async for pub in updates:
                     if isinstance(pub.event, RoomNotice):
                         yield pub.encoded(encode_notice)
-            except HubError as error:
-                await abort(context, error)
 
     async def press(
         self, request: chat_pb2.PressRequest, context: grpc.aio.ServicerContext
@@ -97,14 +100,7 @@ class RoomsService:
         return chat_pb2.PressResponse(state=describe(room)).SerializeToString()
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            "chat.Rooms",
-            {
-                "Watch": grpc.unary_stream_rpc_method_handler(
-                    self.watch, request_deserializer=chat_pb2.WatchRequest.FromString
-                ),
-                "Press": grpc.unary_unary_rpc_method_handler(
-                    self.press, request_deserializer=chat_pb2.PressRequest.FromString
-                ),
-            },
-        )
+        methods = Methods("chat.Rooms", self._hub.clock)
+        methods.unary_stream("Watch", self.watch, chat_pb2.WatchRequest)
+        methods.unary_unary("Press", self.press, chat_pb2.PressRequest)
+        return methods.handler()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import subprocess
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,19 @@ from cli_helpers import HUB, PASSWORD, STARTING, Proc, hub_env
 REDIS_READY = re.compile(r".*Ready to accept connections.*")
 
 
+def self_signed_certificate(folder: Path) -> Path:
+    """A certificate for 127.0.0.1 (its key beside it, .key), made by openssl."""
+    cert = folder / "redis.crt"
+    key = cert.with_suffix(".key")
+    argv = [
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        "-keyout", str(key), "-out", str(cert),
+    ]  # fmt: skip
+    subprocess.run(argv, check=True, capture_output=True)
+    return cert
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -29,15 +43,21 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, folder: Path, *, password: str | None = None) -> None:
+    def __init__(
+        self, folder: Path, *, password: str | None = None, tls_cert: Path | None = None
+    ) -> None:
         self.folder = folder
         self.port = free_port()
         self.password = password
+        # A certificate whose key is beside it (.key): serve TLS only, with it.
+        self.tls_cert = tls_cert
         self.proc: Proc | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls_cert is not None:
+            return f"rediss://{auth}127.0.0.1:{self.port}?ssl_ca_certs={self.tls_cert}"
         return f"redis://{auth}127.0.0.1:{self.port}"
 
     def start(self) -> None:
@@ -52,6 +72,15 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             argv += ["--requirepass", self.password]
+        if self.tls_cert is not None:
+            argv[2] = "0"  # no plain port
+            argv += [
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls_cert),
+                "--tls-key-file", str(self.tls_cert.with_suffix(".key")),
+                "--tls-ca-cert-file", str(self.tls_cert),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         self.proc = Proc(argv)
         self.proc.expect(REDIS_READY, seconds=20)
 

@@ -9,6 +9,8 @@ down: UNAVAILABLE at once.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 import redis
 from chat_helpers import kind, login, rpc_error, timeout
 from cli_helpers import PASSWORD, hub_env
-from cluster_helpers import Cluster, RedisServer
+from cluster_helpers import Cluster, RedisServer, self_signed_certificate
 from test_cluster_chat import opened, read_messages
 
 from hub.proto import chat_pb2, chat_pb2_grpc
@@ -121,8 +123,10 @@ async def test_without_the_redis_package_the_hub_says_so(cluster: Cluster, tmp_p
     proc.expect(r".*--redis needs the redis package.*")
 
 
-async def test_a_password_in_the_url_is_used_and_never_shown(tmp_path: Path) -> None:
-    secured = RedisServer(tmp_path, password="s3cret-redis-pass")
+@pytest.mark.parametrize("tls", [False, True], ids=["redis", "rediss"])
+async def test_a_password_in_the_url_is_used_and_never_shown(tmp_path: Path, tls: bool) -> None:
+    cert = self_signed_certificate(tmp_path) if tls else None
+    secured = RedisServer(tmp_path, password="s3cret-redis-pass", tls_cert=cert)
     secured.start()
     try:
         async with asyncio.timeout(timeout(60)):
@@ -136,9 +140,9 @@ async def test_a_password_in_the_url_is_used_and_never_shown(tmp_path: Path) -> 
                     stream = await opened(channel, await login(channel, "alice"))
                     await stream.send("hi")
                     assert await read_messages(stream, 1) == [("alice", "hi")]
-                    wrong = cluster.start(url=f"redis://:wrong@127.0.0.1:{secured.port}")
+                    wrong = cluster.start(url=secured.url.replace("s3cret-redis-pass", "wrong"))
                     assert wrong.wait(20) == 1
-                    refused = wrong.expect(r".*cannot reach Redis at redis://127\.0\.0\.1:.*")
+                    refused = wrong.expect(r".*cannot reach Redis at rediss?://127\.0\.0\.1:.*")
                     assert "wrong" not in refused[0]
                 finally:
                     cluster.close()
@@ -161,3 +165,20 @@ async def test_a_stream_open_when_redis_goes_away_ends_or_goes_on_never_silently
     assert ended.code is grpc.StatusCode.UNAVAILABLE
     assert [kind(e) for e in ended.events if kind(e) == "client_message"] == []
     assert hub.alive
+
+
+async def test_without_redis_nothing_of_it_is_imported() -> None:
+    probe = (
+        "import sys, hub.cli, hub.app, hub.config; "
+        "hub.cli.settings_from(hub.config.load(['-s'], {})); "
+        "print(sorted(m for m in sys.modules if m == 'redis' or m.startswith('hub.backplane')))"
+    )
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=hub_env(),
+    )
+    assert out.stdout.strip() == "[]"

@@ -138,5 +138,5 @@ async def test_clients_chat_through_haproxy_across_three_hubs(
 
 
 def logged_in(hub: ClusterHub, name: str) -> bool:
-    pattern = re.compile(rf".* INFO hub\.core\.chat: [0-9a-f]+: '{name}' logged in")
+    pattern = re.compile(rf".* INFO hub\.core\.chat: [0-9a-f]+: '{name}' logged in.*")
     return any(pattern.fullmatch(line) for line in list(hub.proc.lines))

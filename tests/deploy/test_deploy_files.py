@@ -3,16 +3,16 @@
 Checked without Docker or a cluster: yamllint on every YAML file,
 kubernetes-validate (strict, against its bundled schemas) on the manifests,
 ``haproxy -c`` on the HAProxy configuration. Then what they say about the hub
-is held against the hub itself: every hub command line is parsed by the hub's
-own parser, its doors' ports are the ones the load balancers and probes
-target, and every environment variable they set is one the hub reads.
+is held against the hub itself: every hub's command line and environment are
+read by the hub's own configuration loader, its doors' ports are the ones the
+load balancers and probes target, and every environment variable they set is
+one of the hub's options.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from hub.cli import build_parser
-from hub.core.tokens import SECRET_ENV, SECRET_FILE_ENV
+from hub.config import OPTIONS, Config, load
+from hub.core.tokens import SECRET_FILE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -43,19 +43,21 @@ def documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
-def hub_doors(argv: list[str]) -> dict[str, int]:
-    """The port of each door a hub started with ``argv`` listens on (the hub's parser)."""
-    args = build_parser().parse_args(argv)
-    assert args.server, argv
-    return {door: int(getattr(args, attr).rpartition(":")[2]) for door, attr in DOORS.items()}
+def hub_config(argv: list[str], env: dict[str, str]) -> Config:
+    """What a hub started with ``argv`` and ``env`` runs with (the hub's own loader)."""
+    assert set(env) <= ENV_NAMES, set(env) - ENV_NAMES
+    config = load(argv, env)
+    assert config.server, argv
+    return config
 
 
-def env_names_the_hub_reads() -> set[str]:
-    """The token secret's two names, and every HUB_* name ``hub --help`` mentions."""
-    help_text = subprocess.run(
-        [sys.executable, "-m", "hub", "--help"], capture_output=True, text=True, check=True
-    ).stdout
-    return {SECRET_ENV, SECRET_FILE_ENV, *re.findall(r"\bHUB_[A-Z_]+\b", help_text)}
+def hub_doors(config: Config) -> dict[str, int]:
+    """The port each door of the hub listens on."""
+    return {door: int(getattr(config, attr).rpartition(":")[2]) for door, attr in DOORS.items()}
+
+
+# Every environment variable the hub reads: one per option.
+ENV_NAMES = {option.env for option in OPTIONS}
 
 
 # -- every file ---------------------------------------------------------------
@@ -97,9 +99,9 @@ def hub_container() -> dict[str, Any]:
     return container  # type: ignore[no-any-return]
 
 
-def expand(arg: str, env: dict[str, str]) -> str:
-    """Kubernetes' ``$(NAME)`` expansion in args."""
-    return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment, a value standing in for each secret's."""
+    return {e["name"]: e.get("value", "from-a-secret") for e in container["env"]}
 
 
 def test_kubernetes_runs_three_hubs_on_redis_with_the_ports_the_hub_serves() -> None:
@@ -107,11 +109,9 @@ def test_kubernetes_runs_three_hubs_on_redis_with_the_ports_the_hub_serves() -> 
     deployment = objects["Deployment", "hub"]
     assert deployment["spec"]["replicas"] == 3
     container = hub_container()
-    env = {e["name"]: e.get("value", "SECRET") for e in container["env"]}
-    argv = [expand(arg, env) for arg in container["args"]]
-    doors = hub_doors(argv)
+    config = hub_config(container["args"], container_env(container))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == doors
+    assert ports == hub_doors(config)
 
     # The Service: a load balancer with the three public ports, each to its door.
     service = objects["Service", "hub"]
@@ -122,9 +122,8 @@ def test_kubernetes_runs_three_hubs_on_redis_with_the_ports_the_hub_serves() -> 
     }
 
     # --redis names the Redis Service and its port.
-    redis = build_parser().parse_args(argv).redis
-    match = re.fullmatch(r"redis://([\w.-]+):(\d+)", redis)
-    assert match, redis
+    match = re.fullmatch(r"redis://([\w.-]+):(\d+)", config.redis)
+    assert match, config.redis
     redis_service = objects["Service", match[1]]
     assert int(match[2]) in {p["port"] for p in redis_service["spec"]["ports"]}
     redis_pods = objects["Deployment", match[1]]["spec"]["template"]["metadata"]["labels"]
@@ -133,7 +132,7 @@ def test_kubernetes_runs_three_hubs_on_redis_with_the_ports_the_hub_serves() -> 
 
 def test_kubernetes_probes_ask_the_chat_door() -> None:
     container = hub_container()
-    chat_port = hub_doors([expand(a, {"HUB_PASSWORD": "x"}) for a in container["args"]])["chat"]
+    chat_port = hub_doors(hub_config(container["args"], container_env(container)))["chat"]
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == chat_port, probe
 
@@ -145,9 +144,6 @@ def test_kubernetes_secret_holds_what_the_hubs_read() -> None:
     # Shipped empty, so that nothing runs on a secret everyone can read here.
     assert all(value == "" for value in secret["stringData"].values())
     container = hub_container()
-    assert set(e["name"] for e in container["env"]) <= env_names_the_hub_reads() | {
-        "HUB_PASSWORD"  # only expanded into -p by Kubernetes
-    }
     for e in container["env"]:
         if "valueFrom" in e:
             ref = e["valueFrom"]["secretKeyRef"]
@@ -156,11 +152,10 @@ def test_kubernetes_secret_holds_what_the_hubs_read() -> None:
     (volume,) = pod["volumes"]
     (mount,) = container["volumeMounts"]
     assert volume["secret"]["secretName"] == "hub" and mount["name"] == volume["name"]
-    files = {
-        f"{mount['mountPath']}/{item['path']}": item["key"] for item in volume["secret"]["items"]
-    }
-    secret_file = next(e["value"] for e in container["env"] if e["name"] == SECRET_FILE_ENV)
-    assert files[secret_file] == "token-secret" and "token-secret" in keys
+    files = {f"{mount['mountPath']}/{i['path']}": i["key"] for i in volume["secret"]["items"]}
+    config = hub_config(container["args"], container_env(container))
+    assert files[config.token_secret_file] == "token-secret"
+    assert container_env(container)[SECRET_FILE_ENV] == config.token_secret_file
 
 
 # -- Docker Compose and HAProxy ------------------------------------------------
@@ -175,9 +170,10 @@ def compose_hubs() -> dict[str, dict[str, Any]]:
     return {name: s for name, s in compose()["services"].items() if re.fullmatch(r"hub\d", name)}
 
 
-def compose_argv(service: dict[str, Any]) -> list[str]:
+def compose_config(service: dict[str, Any]) -> Config:
     # ${VAR:?message} is Compose's interpolation; the value does not matter here.
-    return [re.sub(r"\$\{\w+:\?[^}]*\}", "value", arg) for arg in service["command"]]
+    env = {k: re.sub(r"\$\{\w+:\?[^}]*\}", "value", v) for k, v in service["environment"].items()}
+    return hub_config(service["command"], env)
 
 
 def haproxy_sections(text: str) -> dict[str, list[list[str]]]:
@@ -199,15 +195,13 @@ def test_compose_runs_redis_three_hubs_and_haproxy() -> None:
     services = compose()["services"]
     hubs = compose_hubs()
     assert sorted(hubs) == ["hub1", "hub2", "hub3"]
-    readable = env_names_the_hub_reads()
     for name, hub in hubs.items():
-        argv = compose_argv(hub)
-        redis = build_parser().parse_args(argv).redis
-        assert re.fullmatch(r"redis://redis:6379", redis), (name, redis)
-        assert set(hub["environment"]) <= readable, name
+        config = compose_config(hub)
+        assert config.redis == "redis://redis:6379", name
+        assert config.password == "value", name
         # The signing secret from a Compose secret, mounted where the hub reads it.
         (secret,) = hub["secrets"]
-        assert hub["environment"][SECRET_FILE_ENV] == f"/run/secrets/{secret}"
+        assert config.token_secret_file == f"/run/secrets/{secret}"
         assert secret in compose()["secrets"]
     assert "redis" in services and "redis-server" in services["redis"]["command"]
     published = {int(p.split(":")[0]): int(p.split(":")[1]) for p in services["haproxy"]["ports"]}
@@ -225,7 +219,7 @@ def test_haproxy_fronts_every_door_of_every_compose_hub() -> None:
         assert ["default_backend", door] in frontend
         servers = {line[1]: line[2] for line in sections[f"backend {door}"] if line[0] == "server"}
         assert servers == {
-            name: f"{name}:{hub_doors(compose_argv(hub))[door]}" for name, hub in hubs.items()
+            name: f"{name}:{hub_doors(compose_config(hub))[door]}" for name, hub in hubs.items()
         }
     defaults = sections["defaults"]
     assert ["mode", "tcp"] in defaults

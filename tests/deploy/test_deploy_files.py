@@ -12,18 +12,23 @@ one of the hub's options.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from cli_helpers import Procs
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
+from hub.cli import COMMANDS
 from hub.config import OPTIONS, Config, load
 from hub.core.tokens import SECRET_FILE_ENV
+from hub.probe import probe_address
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -37,6 +42,14 @@ YAMLLINT = YamlLintConfig(
 # (--device-address), stream (--stream-address).
 DOORS = {"chat": "host", "devices": "device_address", "stream": "stream_address"}
 PUBLIC_PORTS = {"chat": 6262, "devices": 50051, "stream": 8080}
+PROBES = ("readinessProbe", "livenessProbe")
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    started = Procs()
+    yield started
+    started.stop_all()
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -131,10 +144,29 @@ def test_kubernetes_runs_three_hubs_on_redis_with_the_ports_the_hub_serves() -> 
 
 
 def test_kubernetes_probes_ask_the_chat_door() -> None:
+    """Both probes run ``hub health`` in the container's environment, which asks
+    the port the chat door listens on."""
     container = hub_container()
-    chat_port = hub_doors(hub_config(container["args"], container_env(container)))["chat"]
+    env = container_env(container)
+    chat_port = hub_doors(hub_config(container["args"], env))["chat"]
     for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == chat_port, probe
+        command = container[probe]["exec"]["command"]
+        assert command[:2] == ["hub", "health"] and command[1] in COMMANDS, probe
+        probed = probe_address(load(command[2:], env).host)
+        assert probed == f"127.0.0.1:{chat_port}", probe
+
+
+def test_the_probe_command_tells_a_serving_hub_from_none(procs: Procs) -> None:
+    """The probes' command, run for real against a hub process (its address moved
+    to a free port): 0 while it serves, 1 once it is gone."""
+    (command,) = {tuple(hub_container()[p]["exec"]["command"]) for p in PROBES}
+    server, port = procs.server()
+    probe = procs.start(*command[1:], "-h", f"127.0.0.1:{port}")
+    assert probe.wait() == 0, probe.lines
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    probe = procs.start(*command[1:], "-h", f"127.0.0.1:{port}")
+    assert probe.wait() == 1, probe.lines
 
 
 def test_kubernetes_secret_holds_what_the_hubs_read() -> None:

@@ -9,15 +9,18 @@ same port. ``Cluster`` starts hub processes on it, every door on a free port
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from chat_helpers import Event, Stream, kind, login, timeout
 from cli_helpers import HUB, PASSWORD, STARTING, Proc, hub_env
 
 REDIS_READY = re.compile(r".*Ready to accept connections.*")
@@ -154,3 +157,58 @@ class Cluster:
             proc.stop()
             # Shown by pytest for a failed test only.
             print(f"--- {' '.join(proc.argv[-8:])}", *proc.lines, sep="\n")
+
+
+# -- chat through the hubs ----------------------------------------------------------
+
+
+async def opened(channel: grpc.aio.Channel, token: str) -> Stream:
+    """A stream whose subscription is in place (its headers came back)."""
+    stream = Stream(channel, token)
+    await asyncio.wait_for(stream.call.initial_metadata(), timeout())
+    return stream
+
+
+def messages(events: list[object]) -> list[tuple[str, str]]:
+    return [
+        (e.client_message.name, e.client_message.message)  # type: ignore[attr-defined]
+        for e in events
+        if kind(e) == "client_message"  # type: ignore[arg-type]
+    ]
+
+
+async def skip_to(
+    stream: Stream, predicate: Callable[[Event], bool], seconds: float
+) -> list[Event]:
+    """Like ``Stream.skip_to``, with a longer bound for each event."""
+    seen: list[Event] = []
+    while not seen or not predicate(seen[-1]):
+        seen.append(await stream.next(seconds))
+    return seen
+
+
+async def read_messages(stream: Stream, count: int) -> list[tuple[str, str]]:
+    got: list[tuple[str, str]] = []
+    while len(got) < count:
+        event = await stream.next()
+        if kind(event) == "client_message":
+            got.append((event.client_message.name, event.client_message.message))
+    return got
+
+
+@dataclass
+class TwoChatting:
+    """Two hubs, a user streaming at each (alice at a, bob at b)."""
+
+    a: ClusterHub
+    b: ClusterHub
+    on_a: Stream
+    on_b: Stream
+
+
+async def two_chatting(cluster: Cluster) -> TwoChatting:
+    a, b = cluster.hub(), cluster.hub()
+    ca, cb = await cluster.channel(a), await cluster.channel(b)
+    on_a = await opened(ca, await login(ca, "alice"))
+    on_b = await opened(cb, await login(cb, "bob"))
+    return TwoChatting(a, b, on_a, on_b)

@@ -5,48 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
 
 import grpc
 import pytest
-from chat_helpers import Event, Stream, kind, login, logout, timeout
-from cluster_helpers import Cluster
+from chat_helpers import Stream, kind, login, logout, timeout
+from cluster_helpers import Cluster, messages, opened, read_messages, skip_to, two_chatting
 
 pytestmark = pytest.mark.asyncio
-
-
-async def opened(channel: grpc.aio.Channel, token: str) -> Stream:
-    """A stream whose subscription is in place (its headers came back)."""
-    stream = Stream(channel, token)
-    await asyncio.wait_for(stream.call.initial_metadata(), timeout())
-    return stream
-
-
-def messages(events: list[object]) -> list[tuple[str, str]]:
-    return [
-        (e.client_message.name, e.client_message.message)  # type: ignore[attr-defined]
-        for e in events
-        if kind(e) == "client_message"  # type: ignore[arg-type]
-    ]
-
-
-async def skip_to(
-    stream: Stream, predicate: Callable[[Event], bool], seconds: float
-) -> list[Event]:
-    """Like ``Stream.skip_to``, with a longer bound for each event."""
-    seen: list[Event] = []
-    while not seen or not predicate(seen[-1]):
-        seen.append(await stream.next(seconds))
-    return seen
-
-
-async def read_messages(stream: Stream, count: int) -> list[tuple[str, str]]:
-    got: list[tuple[str, str]] = []
-    while len(got) < count:
-        event = await stream.next()
-        if kind(event) == "client_message":
-            got.append((event.client_message.name, event.client_message.message))
-    return got
 
 
 async def test_chat_crosses_hubs_each_line_once_in_one_order(cluster: Cluster) -> None:
@@ -142,10 +107,8 @@ async def test_a_hub_killed_with_sigkill_is_noticed_and_its_user_leaves_once(
 
 
 async def test_sigterm_of_one_hub_tells_only_its_own_clients(cluster: Cluster) -> None:
-    a, b = cluster.hub(), cluster.hub()
-    ca, cb = await cluster.channel(a), await cluster.channel(b)
-    on_a = await opened(ca, await login(ca, "alice"))
-    on_b = await opened(cb, await login(cb, "bob"))
+    two = await two_chatting(cluster)
+    a, on_a, on_b = two.a, two.on_a, two.on_b
     a.proc.signal(signal.SIGTERM)
     ended = await on_a.end()
     assert [kind(e) for e in ended.events][-1] == "server_shutdown"

@@ -129,10 +129,8 @@ def reserve(doors: Doors) -> tuple[Doors, list[socket.socket]]:
         return f"{address.rpartition(':')[0]}:{sock.getsockname()[1]}"
 
     try:
-        host = real(doors.host)
-        # One address given twice is one gRPC door (hub.cli.serve binds it once).
-        device = host if doors.device == doors.host else real(doors.device)
-        return Doors(host, device, real(doors.stream)), held
+        # Each door on port 0 its own port, as hub.cli.serve gives one hub.
+        return Doors(real(doors.host), real(doors.device), real(doors.stream)), held
     except BaseException:
         for sock in held:
             sock.close()

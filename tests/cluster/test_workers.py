@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import socket
 from collections.abc import Iterator
 
 import grpc
@@ -20,6 +21,7 @@ from cli_helpers import PASSWORD, Proc, Procs, hub_env, timeout
 from cluster_helpers import RedisServer
 
 from hub.proto import chat_pb2, chat_pb2_grpc
+from hub.workers import Doors, reserve
 
 WORKER_LISTENING = re.compile(
     r".* INFO hub\.(?P<door>rpc|tcp)\.server: worker (?P<index>\d) \(pid (?P<pid>\d+)\): "
@@ -171,3 +173,21 @@ def test_no_workers_is_a_bad_configuration(procs: Procs) -> None:
     parent = procs.start("-s", "-p", PASSWORD, "--workers", "0")
     assert parent.wait() == 2
     assert "--workers: expected a whole number from 1, got '0'" in parent.lines[-1]
+
+
+def test_the_parent_gives_each_door_on_port_zero_one_shared_port() -> None:
+    doors, held = reserve(Doors("127.0.0.1:0", "127.0.0.1:0", "none"))
+    try:
+        host, device = (int(d.rpartition(":")[2]) for d in (doors.host, doors.device))
+        assert host != device and 0 not in (host, device)
+        assert doors.stream == "none" and len(held) == 2
+        # Held with SO_REUSEPORT, never listening: a worker can bind the same port.
+        with socket.socket() as worker:
+            worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            worker.bind(("127.0.0.1", host))
+            worker.listen()
+    finally:
+        for sock in held:
+            sock.close()
+    same = Doors("127.0.0.1:7000", "127.0.0.1:7000", "127.0.0.1:7001")
+    assert reserve(same) == (same, [])

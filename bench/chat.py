@@ -20,7 +20,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import platform
-import resource
 import socket
 import struct
 import subprocess
@@ -45,6 +44,7 @@ from bench.common import (
     machine_busy,
     mark,
     ms,
+    raise_fd_limit,
     server_env,
     shut_doors,
     start_py_spy,
@@ -1013,9 +1013,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     scenarios = scenarios_from(args)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     if args.py_spy:
         Path(args.py_spy).mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-chat-"))

@@ -28,7 +28,6 @@ import copy
 import multiprocessing as mp
 import os
 import platform
-import resource
 import shutil
 import socket
 import subprocess
@@ -47,6 +46,7 @@ from bench.common import (
     expect,
     finish,
     ms,
+    raise_fd_limit,
     wait_quiet,
     workers_cpu,
 )
@@ -496,9 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     parts = args.part or list(PARTS)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     log_dir = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     print(
         f"bench.cluster: {', '.join(parts)}; {os.cpu_count()} CPUs, "

@@ -202,6 +202,15 @@ def shut_doors(module: str, cwd: str | None) -> tuple[str, ...]:
     return tuple(x for flag in ("--stream-address",) if flag in text for x in (flag, "none"))
 
 
+def raise_fd_limit() -> None:
+    """Open files up to the hard limit: every client connection is a descriptor."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def server_env(items: Sequence[str]) -> dict[str, str]:
     """``--server-env KEY=VALUE`` options as a mapping."""
     return dict(item.partition("=")[::2] for item in items)

@@ -144,29 +144,27 @@ def test_workers_stop_when_their_parent_is_killed(procs: Procs, redis_server: Re
         parent.expect_line("<<Server>>: shutting down")
 
 
-def test_more_than_one_worker_needs_redis(procs: Procs) -> None:
-    env = hub_env()
-    env.pop("HUB_REDIS_URL", None)
-    parent = procs.start("-s", "-p", PASSWORD, "--workers", "2", env=env)
-    assert parent.wait() == 1
-    (line,) = parent.lines
-    assert line.endswith(
-        "<<Process>>: --workers needs --redis URL (or HUB_REDIS_URL): "
-        "without a shared backplane each worker would be a separate hub behind one port"
-    )
+NO_REDIS = (
+    "--workers needs --redis URL (or HUB_REDIS_URL): "
+    "without a shared backplane each worker would be a separate hub behind one port"
+)
+NO_SECRET = (
+    "--redis needs the token signing secret every hub shares: "
+    "set HUB_TOKEN_SECRET or HUB_TOKEN_SECRET_FILE"
+)
 
 
-def test_workers_need_the_shared_secret_too(procs: Procs, redis_server: RedisServer) -> None:
-    """Refused once by the parent, in the backplane's own words, not once per worker."""
+@pytest.mark.parametrize("missing", ["redis", "secret"])
+def test_workers_are_refused_in_one_line_without_redis_or_the_secret(
+    procs: Procs, redis_server: RedisServer, missing: str
+) -> None:
+    """Refused once, by the parent, not once per worker."""
     env = hub_env(HUB_REDIS_URL=redis_server.url)
-    env.pop("HUB_TOKEN_SECRET")
+    env.pop({"redis": "HUB_REDIS_URL", "secret": "HUB_TOKEN_SECRET"}[missing])
     parent = procs.start("-s", "-p", PASSWORD, "--workers", "2", env=env)
     assert parent.wait() == 1
     (line,) = parent.lines
-    assert line.endswith(
-        "<<Process>>: --redis needs the token signing secret every hub shares: "
-        "set HUB_TOKEN_SECRET or HUB_TOKEN_SECRET_FILE"
-    )
+    assert line.endswith(f"<<Process>>: {NO_REDIS if missing == 'redis' else NO_SECRET}")
 
 
 def test_no_workers_is_a_bad_configuration(procs: Procs) -> None:

@@ -223,6 +223,17 @@ def haproxy_sections(text: str) -> dict[str, list[list[str]]]:
     return sections
 
 
+def test_the_image_the_hubs_run_has_the_backplane() -> None:
+    """Compose builds, and Kubernetes runs, the repository's image with --redis:
+    it must install the redis extra, and its build proves the backplane imports."""
+    hubs = compose_hubs()
+    assert {hub["build"] for hub in hubs.values()} == {".."}
+    assert hub_container()["image"].startswith("hub")
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r'pip install --no-cache-dir "/src\[redis\]"', dockerfile)
+    assert 'python -c "import hub.backplane"' in dockerfile
+
+
 def test_compose_runs_redis_three_hubs_and_haproxy() -> None:
     services = compose()["services"]
     hubs = compose_hubs()

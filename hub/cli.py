@@ -32,7 +32,7 @@ from hub.core.events import UserJoined, UserLeft
 from hub.core.subscription import Overflow
 from hub.lines import PROCESS, SERVER, Printer
 from hub.rpc.server import BindError
-from hub.settings import ChatSettings, DeviceSettings, Settings, StreamSettings
+from hub.settings import ChatSettings, DeviceSettings, OperatorSettings, Settings, StreamSettings
 
 log = logging.getLogger("hub")
 
@@ -139,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="uvloop",
         help="the server's event loop (default %(default)s: more lines per second per core, "
         "bench/README.md)",
+    )
+    ops = parser.add_argument_group("operating it (health is always on)")
+    ops.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
+    ops.add_argument(
+        "--no-reflection",
+        action="store_true",
+        help="do not serve gRPC reflection (grpcurl list/describe)",
     )
     tcp = parser.add_argument_group("streaming over TCP (docs/protocol.md)")
     tcp.add_argument(
@@ -251,6 +262,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
             ),
         ),
         stream=StreamSettings(require_token=args.stream_token),
+        operator=OperatorSettings(
+            metrics_address=args.metrics_address, reflection=not args.no_reflection
+        ),
     )
 
 

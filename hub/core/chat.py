@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from hub.core.events import LeaveReason, ServerShutdown, UserJoined, UserLeft, UserMessage
 from hub.core.sessions import Session
 from hub.core.subscription import Overflow, Subscription
-from hub.errors import InvalidArgument, RateLimited, Unauthenticated, Unavailable
+from hub.errors import InvalidArgument, RateLimited, Unavailable, WrongPassword
 from hub.settings import ChatSettings
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class Chat:
         if self._hub.closing:
             raise Unavailable("server is shutting down")
         if not hmac.compare_digest(password.encode(), self._settings.password.encode()):
-            raise Unauthenticated("password is incorrect")
+            raise WrongPassword("password is incorrect")
         check_name(name, self._settings.name_max_chars)
         session, token = self._hub.sessions.create(name)
         log.info("%s: %r logged in", session.id, name)

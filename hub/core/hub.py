@@ -18,6 +18,7 @@ from hub.clock import Clock, SystemClock
 from hub.core.broker import Broker, MemoryBroker
 from hub.core.chat import Chat
 from hub.core.events import LeaveReason
+from hub.core.observer import Observer, Unobserved
 from hub.core.publication import Publication
 from hub.core.rooms import Rooms
 from hub.core.sessions import Session, Sessions
@@ -37,9 +38,11 @@ class Hub:
         clock: Clock | None = None,
         secret: bytes | None = None,
         library: SoundLibrary | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.clock = clock or SystemClock()
+        self.observer: Observer = observer or Unobserved()
         self.broker: Broker = broker or MemoryBroker()
         issuer = TokenIssuer(secret or load_secret(), self.settings.chat.token_ttl, self.clock)
         self.sessions = Sessions(self.settings.chat, issuer, self.clock, self._session_ended)
@@ -70,8 +73,11 @@ class Hub:
         subscribers = self._subscribers.get(pub.channel)
         if subscribers:
             # A copy: a subscriber that overflows removes itself mid-loop.
-            for subscription in tuple(subscribers):
+            batch = tuple(subscribers)
+            for subscription in batch:
                 subscription.deliver(pub)
+            # Counted once per publication, not once per subscriber.
+            self.observer.delivered(pub.channel, len(batch))
 
     @asynccontextmanager
     async def subscribe(
@@ -119,6 +125,7 @@ class Hub:
     # -- lifecycle -------------------------------------------------------
 
     def _session_ended(self, session: Session, reason: LeaveReason) -> None:
+        self.observer.session_ended(reason)
         self.spawn(self.chat.announce_end(session, reason))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:

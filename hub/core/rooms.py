@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -186,8 +187,11 @@ class Room:
         frame_seconds = self._rooms.opus.frame_seconds
         publish = self._hub.publish
         channel = self.audio_channel
+        paced = functools.partial(self._hub.observer.paced, "room")
         try:
-            async for seq, packet in pace(encoded.reader(), frame_seconds, self._hub.clock):
+            async for seq, packet in pace(
+                encoded.reader(), frame_seconds, self._hub.clock, on_release=paced
+            ):
                 first = seq == 0
                 await publish(
                     channel,
@@ -321,6 +325,10 @@ class Rooms:
 
     def __contains__(self, room_id: object) -> bool:
         return room_id in self._rooms
+
+    def snapshot(self) -> list[Room]:
+        """The rooms open now, in one list."""
+        return list(self._rooms.values())
 
     async def preload(self) -> None:
         """Encode every mode sound read from a file before anyone presses Play.

@@ -18,7 +18,8 @@ from hub.core.hub import Hub
 from hub.core.publication import Publication
 from hub.core.sessions import Session
 from hub.core.subscription import Subscription
-from hub.errors import HubError, Unauthenticated, Unavailable
+from hub.errors import HubError, MissingToken, RateLimited, SlowConsumer, Unavailable
+from hub.metrics import CHAT, Metrics, outcome_of
 from hub.proto import chat_pb2
 from hub.rpc.status import abort, metadata_value
 
@@ -47,8 +48,9 @@ def encode_event(pub: Publication) -> bytes:
 
 
 class ChatService:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, metrics: Metrics | None = None) -> None:
         self._hub = hub
+        self._metrics = metrics or Metrics()
 
     async def login(
         self, request: chat_pb2.LoginRequest, context: grpc.aio.ServicerContext
@@ -56,7 +58,10 @@ class ChatService:
         try:
             _, token = await self._hub.chat.login(request.name, request.password)
         except HubError as error:
+            self._metrics.login(outcome_of(error))
+            self._metrics.refused(CHAT, error)
             await abort(context, error)
+        self._metrics.login("ok")
         return chat_pb2.LoginResponse(token=token).SerializeToString()
 
     async def logout(
@@ -65,33 +70,42 @@ class ChatService:
         try:
             await self._hub.chat.logout(request.token)
         except HubError as error:
+            self._metrics.logout(outcome_of(error))
             await abort(context, error)
+        self._metrics.logout("ok")
         return chat_pb2.LogoutResponse().SerializeToString()
 
     async def stream(
         self, requests: AsyncIterator[chat_pb2.StreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        token = metadata_value(context, TOKEN_HEADER)
-        if token is None:
-            await abort(context, Unauthenticated("missing token header"))
+        metrics = self._metrics
         try:
+            token = metadata_value(context, TOKEN_HEADER)
+            if token is None:
+                raise MissingToken("missing token header")
             session = self._hub.chat.authenticate(token)
         except HubError as error:
+            metrics.refused(CHAT, error)
             await abort(context, error)
         if self._hub.closing:
             await abort(context, Unavailable("server is shutting down"))
-        async with self._hub.chat.stream(session) as subscription:
-            # Headers go out once the stream is subscribed: a client that waits
-            # for them knows it will see every event from here on.
-            await context.send_initial_metadata(())
-            reader = asyncio.create_task(self._read(requests, session, subscription))
-            try:
-                async for pub in subscription:
-                    yield pub.encoded(encode_event)
-            except HubError as error:
-                await abort(context, error)
-            finally:
-                reader.cancel()
+        latency = metrics.write_latency(CHAT)
+        with metrics.stream_open(CHAT):
+            async with self._hub.chat.stream(session) as subscription:
+                # Headers go out once the stream is subscribed: a client that waits
+                # for them knows it will see every event from here on.
+                await context.send_initial_metadata(())
+                reader = asyncio.create_task(self._read(requests, session, subscription))
+                try:
+                    async for pub in subscription:
+                        yield pub.encoded(encode_event)
+                        latency.written(pub.time)
+                except HubError as error:
+                    if isinstance(error, SlowConsumer):
+                        metrics.slow_consumer(CHAT)
+                    await abort(context, error)
+                finally:
+                    reader.cancel()
 
     async def _read(
         self,
@@ -103,7 +117,10 @@ class ChatService:
         try:
             async for request in requests:
                 await self._hub.chat.say(session, request.message)
+                self._metrics.chat_line()
         except HubError as error:
+            if isinstance(error, RateLimited):
+                self._metrics.rate_limited(CHAT)
             subscription.close(error)
         except asyncio.CancelledError:
             raise

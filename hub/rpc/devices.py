@@ -14,9 +14,10 @@ Traps of the stock client that shape this adapter (wire-contracts.md):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,8 @@ from hub.core.publication import Publication
 from hub.core.rooms import Admit, AudioGate, Room, check_room_id
 from hub.core.roomstate import Input
 from hub.core.subscription import Overflow, Subscription
-from hub.errors import HubError, PermissionDenied, Unauthenticated
+from hub.errors import HubError, MissingToken, PermissionDenied
+from hub.metrics import DEVICES, Metrics
 from hub.proto import comms_pb2
 from hub.rpc.chat import TOKEN_HEADER
 from hub.rpc.status import abort, metadata_value
@@ -102,6 +104,7 @@ class _Queued:
     start: bool  # as the device is sent it (a late joiner's first packet is one)
     end: bool
     data: bytes
+    published: float
 
 
 class DeviceAudio:
@@ -124,13 +127,22 @@ class DeviceAudio:
     stock client deaf until Connect is pressed twice.
     """
 
-    def __init__(self, channel: str, *, maxlen: int, label: str = "") -> None:
+    def __init__(
+        self,
+        channel: str,
+        *,
+        maxlen: int,
+        label: str = "",
+        on_skip: Callable[[int], None] | None = None,
+    ) -> None:
         if maxlen < 3:
             raise ValueError("maxlen must be at least 3")
         self.channel = channel
         self.maxlen = maxlen
         self.label = label
         self.dropped = 0
+        self.published = 0.0  # the wall time of the packet last handed out
+        self._on_skip = on_skip
         self._gate = AudioGate()
         self._queue: deque[_Queued] = deque()
         self._wakeup = asyncio.Event()
@@ -146,8 +158,13 @@ class DeviceAudio:
         as_start = admit is Admit.SEND_AS_START
         data = pub.encoded(encode_packet_as_start if as_start else encode_packet)
         if len(self._queue) >= self.maxlen:
+            dropped = self.dropped
             self._make_room()
-        self._queue.append(_Queued(frame.stream_id, frame.is_start or as_start, frame.is_end, data))
+            if self._on_skip is not None:
+                self._on_skip(self.dropped - dropped)
+        self._queue.append(
+            _Queued(frame.stream_id, frame.is_start or as_start, frame.is_end, data, pub.time)
+        )
         self._wakeup.set()
 
     def _make_room(self) -> None:
@@ -181,20 +198,31 @@ class DeviceAudio:
                 raise StopAsyncIteration
             self._wakeup.clear()
             await self._wakeup.wait()
-        return self._queue.popleft().data
+        item = self._queue.popleft()
+        self.published = item.published
+        return item.data
 
 
 class DeviceService:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, metrics: Metrics | None = None) -> None:
         self._hub = hub
+        self._metrics = metrics or Metrics()
 
-    def _room(self, context: grpc.aio.ServicerContext) -> Room:
+    async def _room(self, context: grpc.aio.ServicerContext) -> Room:
+        """The room the device names, or the call aborted with why not."""
+        try:
+            return self._admit(context)
+        except HubError as error:
+            self._metrics.refused(DEVICES, error)
+            await abort(context, error)
+
+    def _admit(self, context: grpc.aio.ServicerContext) -> Room:
         room_id = check_room_id(metadata_value(context, DEVICE_ID_HEADER))
         policy = self._hub.settings.devices
         if policy.requires_token(room_id):
             token = metadata_value(context, TOKEN_HEADER)
             if token is None:
-                raise Unauthenticated(f"room {room_id} requires an {TOKEN_HEADER} token")
+                raise MissingToken(f"room {room_id} requires an {TOKEN_HEADER} token")
             session = self._hub.sessions.authenticate(token)
             log.info("%s: device access to room %s", session.id, room_id)
         if self._hub.closing:
@@ -206,34 +234,32 @@ class DeviceService:
         responses: AsyncIterator[comms_pb2.DeviceStatusResponse],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
-        try:
-            room = self._room(context)
-        except HubError as error:
-            await abort(context, error)
-        peer = context.peer()
-        reader = asyncio.create_task(self._read_status(room, peer, responses))
-        loop = asyncio.get_running_loop()
-        updates = DeviceFrames(
-            room.status_channel,
-            maxlen=STATUS_QUEUE,
-            overflow=Overflow.DROP_OLDEST,
-            label=f"device {room.id} {peer}",
-        )
-        try:
-            async with self._hub.rooms.join(room.id, "a device"), self._hub.attach(updates):
-                # The device says nothing until asked: open with the room's
-                # frame, then flash its state LED to show it has connected.
-                yield encode_frame(room.frame)
-                yield encode_frame(leds.flashed(room.frame))
-                restore = loop.call_later(leds.FLASH_SECONDS, self._restore, room, updates)
-                try:
-                    async for pub in updates:
-                        if isinstance(pub.event, LedFrame):
-                            yield pub.encoded(encode_status)
-                finally:
-                    restore.cancel()
-        finally:
-            reader.cancel()
+        room = await self._room(context)
+        with self._metrics.stream_open(DEVICES):
+            peer = context.peer()
+            reader = asyncio.create_task(self._read_status(room, peer, responses))
+            loop = asyncio.get_running_loop()
+            updates = DeviceFrames(
+                room.status_channel,
+                maxlen=STATUS_QUEUE,
+                overflow=Overflow.DROP_OLDEST,
+                label=f"device {room.id} {peer}",
+            )
+            try:
+                async with self._hub.rooms.join(room.id, "a device"), self._hub.attach(updates):
+                    # The device says nothing until asked: open with the room's
+                    # frame, then flash its state LED to show it has connected.
+                    yield encode_frame(room.frame)
+                    yield encode_frame(leds.flashed(room.frame))
+                    restore = loop.call_later(leds.FLASH_SECONDS, self._restore, room, updates)
+                    try:
+                        async for pub in updates:
+                            if isinstance(pub.event, LedFrame):
+                                yield pub.encoded(encode_status)
+                    finally:
+                        restore.cancel()
+            finally:
+                reader.cancel()
 
     def _restore(self, room: Room, updates: Any) -> None:
         updates.deliver(
@@ -255,36 +281,38 @@ class DeviceService:
     async def event_stream(
         self, events: AsyncIterator[comms_pb2.DeviceEvent], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        try:
-            room = self._room(context)
-        except HubError as error:
-            await abort(context, error)
+        room = await self._room(context)
         ack = comms_pb2.DeviceEventResponse(ack=True).SerializeToString()
         nack = comms_pb2.DeviceEventResponse(ack=False).SerializeToString()
-        async for event in events:
-            # Exactly one response per event: the device blocks until it has it.
-            press = event.button_event
-            given = BUTTONS.get(press.button_id)
-            if event.WhichOneof("event") != "button_event" or given is None:
-                yield nack
-                continue
-            if press.event == comms_pb2.ButtonEvent.PRESS:
-                await room.press(given)
-            yield ack
+        with self._metrics.stream_open(DEVICES):
+            async for event in events:
+                # Exactly one response per event: the device blocks until it has it.
+                press = event.button_event
+                given = BUTTONS.get(press.button_id)
+                if event.WhichOneof("event") != "button_event" or given is None:
+                    yield nack
+                    continue
+                if press.event == comms_pb2.ButtonEvent.PRESS:
+                    await room.press(given)
+                yield ack
 
     async def server_audio_stream(
         self, request: comms_pb2.AudioStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        try:
-            room = self._room(context)
-        except HubError as error:
-            await abort(context, error)
+        room = await self._room(context)
+        metrics = self._metrics
         packets = DeviceAudio(
-            room.audio_channel, maxlen=AUDIO_QUEUE, label=f"audio {room.id} {context.peer()}"
+            room.audio_channel,
+            maxlen=AUDIO_QUEUE,
+            label=f"audio {room.id} {context.peer()}",
+            on_skip=functools.partial(metrics.audio_skipped, DEVICES),
         )
-        async with self._hub.attach(packets):
-            async for data in packets:
-                yield data
+        latency = metrics.write_latency(DEVICES)
+        with metrics.stream_open(DEVICES):
+            async with self._hub.attach(packets):
+                async for data in packets:
+                    yield data
+                    latency.written(packets.published)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(

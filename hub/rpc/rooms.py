@@ -18,7 +18,8 @@ from hub.core.rooms import Room
 from hub.core.roomstate import Input
 from hub.core.sessions import Session
 from hub.core.subscription import Overflow
-from hub.errors import HubError, InvalidArgument, Unauthenticated
+from hub.errors import HubError, InvalidArgument, MissingToken, SlowConsumer
+from hub.metrics import ROOMS, Metrics
 from hub.proto import chat_pb2
 from hub.rpc.chat import TOKEN_HEADER
 from hub.rpc.status import abort, metadata_value
@@ -46,13 +47,14 @@ def encode_notice(pub: Publication) -> bytes:
 
 
 class RoomsService:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, metrics: Metrics | None = None) -> None:
         self._hub = hub
+        self._metrics = metrics or Metrics()
 
     def _session(self, context: grpc.aio.ServicerContext) -> Session:
         token = metadata_value(context, TOKEN_HEADER)
         if token is None:
-            raise Unauthenticated("missing token header")
+            raise MissingToken("missing token header")
         return self._hub.sessions.authenticate(token)
 
     async def watch(
@@ -62,24 +64,33 @@ class RoomsService:
             session = self._session(context)
             room = self._hub.rooms.get(request.room)
         except HubError as error:
+            self._metrics.refused(ROOMS, error)
             await abort(context, error)
         log.info("%s: watching room %s", session.id, room.id)
-        async with self._hub.subscribe(
-            room.status_channel,
-            maxlen=WATCH_QUEUE,
-            overflow=Overflow.DISCONNECT,
-            label=f"{session.id} watching {room.id}",
-        ) as updates:
-            now = Publication(
-                room.status_channel, RoomNotice(room.id, describe(room)), self._hub.clock.wall()
-            )
-            yield now.encoded(encode_notice)
-            try:
-                async for pub in updates:
-                    if isinstance(pub.event, RoomNotice):
-                        yield pub.encoded(encode_notice)
-            except HubError as error:
-                await abort(context, error)
+        metrics = self._metrics
+        latency = metrics.write_latency(ROOMS)
+        with metrics.stream_open(ROOMS):
+            async with self._hub.subscribe(
+                room.status_channel,
+                maxlen=WATCH_QUEUE,
+                overflow=Overflow.DISCONNECT,
+                label=f"{session.id} watching {room.id}",
+            ) as updates:
+                now = Publication(
+                    room.status_channel,
+                    RoomNotice(room.id, describe(room)),
+                    self._hub.clock.wall(),
+                )
+                yield now.encoded(encode_notice)
+                try:
+                    async for pub in updates:
+                        if isinstance(pub.event, RoomNotice):
+                            yield pub.encoded(encode_notice)
+                            latency.written(pub.time)
+                except HubError as error:
+                    if isinstance(error, SlowConsumer):
+                        metrics.slow_consumer(ROOMS)
+                    await abort(context, error)
 
     async def press(
         self, request: chat_pb2.PressRequest, context: grpc.aio.ServicerContext
@@ -91,6 +102,7 @@ class RoomsService:
             if given is None:
                 raise InvalidArgument(f"unknown button {request.button}")
         except HubError as error:
+            self._metrics.refused(ROOMS, error)
             await abort(context, error)
         log.info("%s: pressed %s in room %s", session.id, given.value, room.id)
         await room.press(given)

@@ -30,7 +30,8 @@ from hub.core.publication import Publication
 from hub.core.ratelimit import TokenBucket
 from hub.core.rooms import Admit, AudioGate, LiveFeed, Room
 from hub.core.sessions import Session
-from hub.errors import Code, HubError, NotFound, Unauthenticated
+from hub.errors import Code, HubError, MissingToken, NotFound
+from hub.metrics import TCP, Metrics
 from hub.settings import StreamSettings
 from hub.tcp import codec as proto
 
@@ -144,10 +145,12 @@ class StreamServer:
         settings: StreamSettings | None = None,
         *,
         name: str = "hub",
+        metrics: Metrics | None = None,
     ) -> None:
         self.hub = hub
         self.music = music
         self.settings = settings or hub.settings.stream
+        self.metrics = metrics or Metrics()
         self.name = name
         self.clients: set[ClientConnection] = set()
         self._server: asyncio.Server | None = None
@@ -204,6 +207,7 @@ class ClientConnection(asyncio.Protocol):
         self.server = server
         self.hub = server.hub
         self.settings = server.settings
+        self.metrics = server.metrics
         self.codec = proto.Connection(proto.Role.SERVER)
         self.id = server.session_id()
         self.skipped = 0  # audio frames skipped because this client lagged
@@ -241,6 +245,8 @@ class ClientConnection(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.clients.add(self)
+        self.metrics.tcp_connected()
+        self.metrics.stream_opened(TCP)
         loop = asyncio.get_running_loop()
         self._heard = loop.time()
         self._idle_timer = loop.call_later(self.settings.idle_timeout, self._check_idle)
@@ -259,6 +265,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.forget(self)
+        self.metrics.stream_closed(TCP)
         self._transport = None
         for timer in (self._idle_timer, self._linger):
             if timer is not None:
@@ -274,6 +281,7 @@ class ClientConnection(asyncio.Protocol):
         for event in self.codec.events():
             if isinstance(event, proto.ProtocolViolation):
                 log.info("%s: protocol violation: %s", self.id, event.text)
+                self.metrics.protocol_error(event.code.label)
                 self.write(self.codec.error_frame())
                 self._close()
                 return
@@ -316,9 +324,11 @@ class ClientConnection(asyncio.Protocol):
         buffered = transport.get_write_buffer_size()
         if droppable and buffered > self.settings.send_high_water:
             self.skipped += 1
+            self.metrics.audio_skipped(TCP)
             return
         if buffered > self.settings.send_buffer_max:
             log.warning("%s: disconnected as slow (%d bytes unsent)", self.id, buffered)
+            self.metrics.slow_consumer(TCP)
             self.fail(proto.ErrorCode.SLOW, "too slow: the client does not keep up")
             return
         transport.write(data)
@@ -410,6 +420,7 @@ class ClientConnection(asyncio.Protocol):
             return
         request = type(event).TYPE  # type: ignore[union-attr]
         if not self._requests_bucket.take():
+            self.metrics.rate_limited(TCP)
             self.send(
                 proto.Error(
                     proto.ErrorCode.RATE_LIMITED, "too many requests", fatal=False, request=request
@@ -419,6 +430,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             await self._request(event)
         except HubError as error:
+            self.metrics.refused(TCP, error)
             self.send(
                 proto.Error(ERROR_CODES[error.code], error.message, fatal=False, request=request)
             )
@@ -453,11 +465,13 @@ class ClientConnection(asyncio.Protocol):
             try:
                 self._session = self.hub.sessions.authenticate(hello.token)
             except HubError as error:
+                self.metrics.refused(TCP, error)
                 self.fail_with(error)
                 return
             self.hub.sessions.attach(self._session, self)
             user = self._session.name
         elif self.settings.require_token:
+            self.metrics.auth_failed(TCP, MissingToken.reason)
             self.fail(proto.ErrorCode.UNAUTHENTICATED, "this server requires a token")
             return
         self.send(
@@ -525,7 +539,10 @@ class ClientConnection(asyncio.Protocol):
         reason = proto.StreamEndReason.FINISHED
         try:
             async for seq, packet in pace(
-                encoded.reader(), rooms.opus.frame_seconds, self.hub.clock
+                encoded.reader(),
+                rooms.opus.frame_seconds,
+                self.hub.clock,
+                on_release=self._paced,
             ):
                 self.send(proto.Audio(stream_id, seq, packet), droppable=True)
         except asyncio.CancelledError:
@@ -542,6 +559,9 @@ class ClientConnection(asyncio.Protocol):
         if self.codec.downlink_stream == stream_id:
             self.send(proto.StreamEnd(stream_id, reason))
 
+    def _paced(self, lateness: float) -> None:
+        self.hub.observer.paced("music", lateness)
+
     async def _stop_track(self, reason: proto.StreamEndReason) -> None:
         player, self._player = self._player, None
         if player is None:
@@ -556,7 +576,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _check_room_access(self, room_id: str) -> None:
         if self.hub.settings.devices.requires_token(room_id) and self._session is None:
-            raise Unauthenticated(f"room {room_id} requires a token in HELLO")
+            raise MissingToken(f"room {room_id} requires a token in HELLO")
 
     async def _join(self, room_id: str) -> None:
         self._check_room_access(room_id)
@@ -603,6 +623,7 @@ class ClientConnection(asyncio.Protocol):
         if feed is None or bucket is None or audio.stream_id != self._feed_uplink:
             return  # refused or cut: what crossed the refusal is discarded
         if not bucket.take():
+            self.metrics.rate_limited("tcp_audio")
             now = time.monotonic()
             if now - self._feed_warned >= 1.0:
                 self._feed_warned = now

@@ -56,7 +56,7 @@ class App:
         self.stream = (
             StreamServer(self.hub, music, metrics=self.metrics) if addresses.stream else None
         )
-        self.metrics.watch(self.hub, self.stream)
+        self.metrics.watch(self.hub)
         self.metrics_server = (
             MetricsServer(self.metrics.registry) if self.metrics.registry is not None else None
         )

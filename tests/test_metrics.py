@@ -312,7 +312,14 @@ async def test_the_backplane_hook_reaches_metrics_and_health(
 
     running.app.set_backplane(True)
     assert (await asyncio.wait_for(watch.read(), timeout())).status == serving
-    assert (await running.scrape()).value("hub_backplane_up") == 1
+    # What the backplane's broker reports through the core's observer.
+    running.app.hub.observer.backplane_reconnected()
+    running.app.hub.observer.backplane_lag(0.003)
+    after = await running.scrape()
+    assert after.value("hub_backplane_up") == 1
+    assert after.value("hub_backplane_reconnects_total") == 1
+    assert after.value("hub_backplane_lag_seconds_count") == 1
+    assert after.value("hub_backplane_lag_seconds_bucket", le="0.005") == 1
     watch.cancel()
 
 

@@ -1,18 +1,21 @@
 """Operating the real `hub` process: health, reflection and metrics as operators' tools see them.
 
 Each test runs ``python -m hub -s`` on free ports of 127.0.0.1 and talks to it
-the way a probe, ``grpcurl`` or Prometheus would: the health probe command,
-grpcio-reflection's own client, and HTTP scrapes parsed by prometheus_client.
+the way a probe, ``grpcurl``, Prometheus or Grafana would: the health probe
+command, grpcio-reflection's own client, HTTP scrapes parsed by
+prometheus_client, and the dashboard's PromQL checked against a scrape.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -58,6 +61,13 @@ def probe(address: str, *args: str) -> subprocess.CompletedProcess[str]:
 def start(procs: Procs, *args: str) -> tuple[Proc, str]:
     proc, port = procs.server(*SERVER, "--device-address", "none", *args)
     return proc, f"127.0.0.1:{port}"
+
+
+def metrics_url(proc: Proc) -> str:
+    """Where a hub started with ``-v`` serves its metrics: its log says, before
+    the reference's start line (which ``start`` waited for)."""
+    port = next(m["port"] for line in proc.transcript() if (m := METRICS_LINE.fullmatch(line)))
+    return f"http://127.0.0.1:{port}/metrics"
 
 
 def test_the_probe_says_serving_and_watch_sees_not_serving_on_sigterm(procs: Procs) -> None:
@@ -122,9 +132,7 @@ def test_no_reflection_turns_it_off(procs: Procs) -> None:
 
 def test_metrics_are_scraped_from_the_process_as_clients_act(procs: Procs) -> None:
     proc, address = start(procs, "--metrics-address", "127.0.0.1:0", "-v")
-    # Logged before the reference's start line, which ``start`` waited for.
-    port = next(m["port"] for line in proc.transcript() if (m := METRICS_LINE.fullmatch(line)))
-    url = f"http://127.0.0.1:{port}/metrics"
+    url = metrics_url(proc)
     before = fetch(url)
     assert before.value("hub_logins_total") == 0
     # The process's own figures come with the hub's.
@@ -145,3 +153,65 @@ def test_metrics_are_scraped_from_the_process_as_clients_act(procs: Procs) -> No
     assert after.value("hub_sessions") == 0
     # The token is a secret: it never shows in what is scraped.
     assert token not in str(after.samples)
+
+
+# -- the Grafana dashboard -----------------------------------------------------------------
+
+DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana" / "hub.json"
+# PromQL words that look like metric names but are not.
+KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
+KEYWORDS |= {"and", "or", "unless", "offset"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values, whatever they hold
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    expr = re.sub(r"\$\{?\w+\}?", "", expr)  # Grafana's variables
+    names = set()
+    for match in re.finditer(r"(?<![\w.])[A-Za-z_:][\w:]*", expr):
+        if expr[match.end() :].lstrip().startswith("(") or match.group() in KEYWORDS:
+            continue  # a function or an operator
+        names.add(match.group())
+    return names
+
+
+def dashboard_expressions() -> list[str]:
+    """Every PromQL expression of the dashboard: its panels' and its variables'."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = [p for row in dashboard["panels"] for p in [row, *row.get("panels", [])]]
+    exprs = [target["expr"] for panel in panels for target in panel.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        query = variable.get("definition", "")
+        if match := re.fullmatch(r"label_values\((\w+),\s*\w+\)", query):
+            exprs.append(match[1])
+    return exprs
+
+
+def test_metric_names_are_read_out_of_promql() -> None:
+    expr = (
+        "histogram_quantile(0.99, sum by (le, door) "
+        '(rate(a_bucket{door="x{y}"}[$__rate_interval])))'
+        " / on (instance) group_left b_total + sum(c) * 2"
+    )
+    assert metric_names(expr) == {"a_bucket", "b_total", "c"}
+
+
+def test_the_dashboard_names_only_metrics_the_hub_exports(procs: Procs) -> None:
+    proc, _ = start(procs, "--metrics-address", "127.0.0.1:0", "-v")
+    scraped = fetch(metrics_url(proc))
+    exprs = dashboard_expressions()
+    assert len(exprs) >= 20
+    used = set().union(*(metric_names(e) for e in exprs))
+    unknown = sorted(name for name in used if not scraped.exports(name))
+    assert not unknown, f"the dashboard names metrics the hub does not export: {unknown}"
+    # And it shows every figure of the hub's own.
+    ours = {
+        f.name
+        for f in scraped.families
+        if f.name.startswith("hub_") and not f.name.endswith("_created")  # counters' birth times
+    }
+    shown = {name for name in ours if any(n.startswith(name) for n in used)}
+    assert shown == ours, f"not on the dashboard: {sorted(ours - shown)}"

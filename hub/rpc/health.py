@@ -42,6 +42,10 @@ class Health:
     def add_to(self, server: grpc.aio.Server) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
 
+    async def start(self) -> None:
+        """Before the server starts: every service known, and NOT_SERVING."""
+        await self._apply()
+
     async def ready(self) -> None:
         """Every door is bound: serve, unless the backplane is down."""
         self._ready = True
@@ -77,7 +81,3 @@ class Health:
 
     def _word(self) -> str:
         return "SERVING" if self.serving else "NOT_SERVING"
-
-    async def start(self) -> None:
-        """Before the server starts: every service known, and NOT_SERVING."""
-        await self._apply()

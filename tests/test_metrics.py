@@ -18,6 +18,7 @@ import pytest_asyncio
 from chat_helpers import (
     PASSWORD,
     SECRET,
+    OpenChannel,
     Stream,
     eventually,
     kind,
@@ -101,29 +102,12 @@ async def start_app() -> AsyncIterator[StartApp]:
         yield start
 
 
-@pytest_asyncio.fixture
-async def channels() -> AsyncIterator[Callable[[str], grpc.aio.Channel]]:
-    opened: list[grpc.aio.Channel] = []
-
-    def open_(address: str) -> grpc.aio.Channel:
-        # Each its own connection, as separate clients would have.
-        channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.use_local_subchannel_pool", 1)]
-        )
-        opened.append(channel)
-        return channel
-
-    yield open_
-    for channel in opened:
-        await channel.close()
-
-
 async def test_chat_activity_moves_the_counters(
-    start_app: StartApp, channels: Callable[[str], grpc.aio.Channel]
+    start_app: StartApp, open_channel: OpenChannel
 ) -> None:
     running = await start_app()
     hub = running.app.hub
-    channel = channels(running.grpc[0])
+    channel = open_channel(running.grpc[0])
     before = await running.scrape()
     assert before.value("hub_sessions") == 0
     assert before.value("hub_logins_total") == 0
@@ -174,44 +158,38 @@ async def test_chat_activity_moves_the_counters(
 
 
 async def test_a_stream_cut_as_slow_is_counted(
-    start_app: StartApp, channels: Callable[[str], grpc.aio.Channel]
+    start_app: StartApp, open_channel: OpenChannel
 ) -> None:
     running = await start_app(chat=ChatSettings(password=PASSWORD, queue_max=8, rate_per_second=0))
     hub = running.app.hub
-    publisher_channel = channels(running.grpc[0])
+    publisher_channel = open_channel(running.grpc[0])
     publisher = Stream(publisher_channel, await login(publisher_channel, "publisher"))
     # No BDP probe: the stalled reader's flow-control window stays small.
-    stalled_channel = grpc.aio.insecure_channel(
-        running.grpc[0],
-        options=[("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0)],
-    )
-    try:
-        stalled = Stream(stalled_channel, await login(stalled_channel, "stalled"))
-        await wait_subscribers(hub, 2)
-        # 4 KB lines, each read back by the publisher before the next: only
-        # the stalled stream falls behind, far past any window and its 8 events.
-        n = 0
-        while hub.subscriber_count("chat") == 2:
-            assert n < 500, "the stalled stream was never cut"
-            await publisher.send(f"{n:08d}".ljust(4000, "x"))
-            await publisher.skip_to(lambda e: kind(e) == "client_message")
-            n += 1
-        ended = await stalled.end()
-        assert ended.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    finally:
-        await stalled_channel.close()
+    stalled_channel = open_channel(running.grpc[0], options=[("grpc.http2.bdp_probe", 0)])
+    stalled = Stream(stalled_channel, await login(stalled_channel, "stalled"))
+    await wait_subscribers(hub, 2)
+    # 4 KB lines, each read back by the publisher before the next: only
+    # the stalled stream falls behind, far past any window and its 8 events.
+    n = 0
+    while hub.subscriber_count("chat") == 2:
+        assert n < 500, "the stalled stream was never cut"
+        await publisher.send(f"{n:08d}".ljust(4000, "x"))
+        await publisher.skip_to(lambda e: kind(e) == "client_message")
+        n += 1
+    ended = await stalled.end()
+    assert ended.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     after = await running.scrape()
     assert after.value("hub_slow_consumer_disconnects_total", door="chat") == 1
     assert after.value("hub_open_streams", door="chat") == 1  # the publisher's
 
 
 async def test_rate_limit_refusals_are_counted(
-    start_app: StartApp, channels: Callable[[str], grpc.aio.Channel]
+    start_app: StartApp, open_channel: OpenChannel
 ) -> None:
     running = await start_app(
         chat=ChatSettings(password=PASSWORD, rate_per_second=0.01, rate_burst=1)
     )
-    channel = channels(running.grpc[0])
+    channel = open_channel(running.grpc[0])
     stream = Stream(channel, await login(channel, "flooder"))
     await stream.send("one")
     await stream.send("two")
@@ -239,9 +217,9 @@ async def test_tcp_connections_and_protocol_errors_are_counted(start_app: StartA
         await client.wait_closed()
     finally:
         client.close()
-    hub = running.app
-    assert hub.stream is not None
-    await eventually(lambda: not hub.stream.clients, "the connection gone")  # type: ignore[union-attr]
+    stream_server = running.app.stream
+    assert stream_server is not None
+    await eventually(lambda: not stream_server.clients, "the connection gone")
     after = await running.scrape()
     assert after.value("hub_tcp_protocol_errors_total", code="bad_frame") == 1
     assert after.value("hub_tcp_protocol_errors_total") == 1
@@ -249,7 +227,7 @@ async def test_tcp_connections_and_protocol_errors_are_counted(start_app: StartA
 
 
 async def test_rooms_listeners_and_audio_are_counted(
-    start_app: StartApp, channels: Callable[[str], grpc.aio.Channel]
+    start_app: StartApp, open_channel: OpenChannel
 ) -> None:
     running = await start_app()
     listener = await RawClient.connect(running.stream, name="listener")
@@ -264,7 +242,7 @@ async def test_rooms_listeners_and_audio_are_counted(
         assert joined.value("hub_room_listeners") == 1
         assert joined.value("hub_audio_packets_sent_total") == 0
 
-        channel = channels(running.grpc[0])
+        channel = open_channel(running.grpc[0])
         token = await login(channel, "dj")
         rooms = chat_pb2_grpc.RoomsStub(channel)  # type: ignore[no-untyped-call]
         await asyncio.wait_for(
@@ -294,10 +272,10 @@ async def test_rooms_listeners_and_audio_are_counted(
 
 
 async def test_the_backplane_hook_reaches_metrics_and_health(
-    start_app: StartApp, channels: Callable[[str], grpc.aio.Channel]
+    start_app: StartApp, open_channel: OpenChannel
 ) -> None:
     running = await start_app()
-    stub = health_pb2_grpc.HealthStub(channels(running.grpc[0]))
+    stub = health_pb2_grpc.HealthStub(open_channel(running.grpc[0]))
     watch = stub.Watch(health_pb2.HealthCheckRequest(service="chat.Chat"))
     serving = health_pb2.HealthCheckResponse.SERVING
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -336,12 +314,12 @@ SERVICES = ["", "chat.Chat", "chat.Rooms", "com.opalcamera.test.DeviceService"]
 
 
 async def test_health_is_serving_on_every_grpc_port_for_every_service(
-    start_app: StartApp, channels: Callable[[str], grpc.aio.Channel]
+    start_app: StartApp, open_channel: OpenChannel
 ) -> None:
     running = await start_app(grpc_ports=2)
     assert len(set(running.grpc)) == 2
     for address in running.grpc:
-        stub = health_pb2_grpc.HealthStub(channels(address))
+        stub = health_pb2_grpc.HealthStub(open_channel(address))
         for service in SERVICES:
             check = await stub.Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout()
@@ -352,10 +330,10 @@ async def test_health_is_serving_on_every_grpc_port_for_every_service(
 
 
 async def test_health_says_not_serving_as_soon_as_shutdown_starts(
-    start_app: StartApp, channels: Callable[[str], grpc.aio.Channel]
+    start_app: StartApp, open_channel: OpenChannel
 ) -> None:
     running = await start_app()
-    channel = channels(running.grpc[0])
+    channel = open_channel(running.grpc[0])
     stream = Stream(channel, await login(channel, "alice"))
     await wait_subscribers(running.app.hub, 1)
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))

@@ -30,6 +30,7 @@ from chat_helpers import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from scrape import Scrape, scrape
+from stock_device import StockDevice
 from tcp.raw_client import RawClient
 
 from hub.app import Addresses, App
@@ -232,19 +233,28 @@ async def test_rooms_listeners_and_audio_are_counted(
     running = await start_app()
     listener = await RawClient.connect(running.stream, name="listener")
     player = await RawClient.connect(running.stream, name="player")
+    device = StockDevice(running.grpc[0], "kitchen")
     try:
         await listener.hello()
         listener.send(Join("kitchen"))
         await listener.next(Joined)
-        joined = await running.scrape()
-        assert joined.value("hub_rooms") == 1
-        assert joined.value("hub_room_members") == 1
-        assert joined.value("hub_room_listeners") == 1
-        assert joined.value("hub_audio_packets_sent_total") == 0
-
+        await device.connect()
+        await device.wait_ready()
         channel = open_channel(running.grpc[0])
         token = await login(channel, "dj")
         rooms = chat_pb2_grpc.RoomsStub(channel)  # type: ignore[no-untyped-call]
+        watch = rooms.Watch(
+            chat_pb2.WatchRequest(room="kitchen"), metadata=(("x-chat-token", token),)
+        )
+        await asyncio.wait_for(watch.read(), timeout())
+        joined = await running.scrape()
+        assert joined.value("hub_rooms") == 1
+        assert joined.value("hub_room_members") == 2  # the TCP listener and the device
+        assert joined.value("hub_room_listeners") == 2
+        assert joined.value("hub_open_streams", door="devices") == 3  # status, events, audio
+        assert joined.value("hub_open_streams", door="rooms") == 1
+        assert joined.value("hub_audio_packets_sent_total") == 0
+
         await asyncio.wait_for(
             rooms.Press(
                 chat_pb2.PressRequest(room="kitchen", button=chat_pb2.PressRequest.PLAY),
@@ -254,6 +264,7 @@ async def test_rooms_listeners_and_audio_are_counted(
         )
         start = await listener.next(StreamStart)
         await listener.wait_for(lambda: len(listener.audio(start.stream_id)) >= 10, timeout=10)
+        await device.wait_for(lambda: len(device.packets) >= 10, timeout=10)
 
         await player.hello()
         player.send(Play(1))
@@ -262,11 +273,16 @@ async def test_rooms_listeners_and_audio_are_counted(
         playing = await running.scrape()
         assert playing.value("hub_audio_packets_sent_total", source="room") >= 10
         assert playing.value("hub_audio_packets_sent_total", source="music") >= 10
-        assert playing.value("hub_events_delivered_total", channel="room_audio") >= 10
+        assert playing.value("hub_events_delivered_total", channel="room_audio") >= 20
+        assert playing.value("hub_publish_to_write_seconds_count", door="devices") >= 1
+        assert playing.value("hub_publish_to_write_seconds_count", door="rooms") >= 1
         assert playing.value("hub_pacer_lateness_seconds_count") >= 20
         # Lateness is a sanity bound here: a loaded machine may run late, never by minutes.
         assert playing.value("hub_pacer_lateness_seconds_sum") < 60
+        watch.cancel()
+        assert device.traps == []
     finally:
+        await device.disconnect()
         listener.close()
         player.close()
 

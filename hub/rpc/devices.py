@@ -235,31 +235,32 @@ class DeviceService:
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
         room = await self._room(context)
-        with self._metrics.stream_open(DEVICES):
-            peer = context.peer()
-            reader = asyncio.create_task(self._read_status(room, peer, responses))
-            loop = asyncio.get_running_loop()
-            updates = DeviceFrames(
-                room.status_channel,
-                maxlen=STATUS_QUEUE,
-                overflow=Overflow.DROP_OLDEST,
-                label=f"device {room.id} {peer}",
-            )
-            try:
-                async with self._hub.rooms.join(room.id, "a device"), self._hub.attach(updates):
-                    # The device says nothing until asked: open with the room's
-                    # frame, then flash its state LED to show it has connected.
-                    yield encode_frame(room.frame)
-                    yield encode_frame(leds.flashed(room.frame))
-                    restore = loop.call_later(leds.FLASH_SECONDS, self._restore, room, updates)
-                    try:
-                        async for pub in updates:
-                            if isinstance(pub.event, LedFrame):
-                                yield pub.encoded(encode_status)
-                    finally:
-                        restore.cancel()
-            finally:
-                reader.cancel()
+        peer = context.peer()
+        reader = asyncio.create_task(self._read_status(room, peer, responses))
+        loop = asyncio.get_running_loop()
+        updates = DeviceFrames(
+            room.status_channel,
+            maxlen=STATUS_QUEUE,
+            overflow=Overflow.DROP_OLDEST,
+            label=f"device {room.id} {peer}",
+        )
+        self._metrics.stream_opened(DEVICES)
+        try:
+            async with self._hub.rooms.join(room.id, "a device"), self._hub.attach(updates):
+                # The device says nothing until asked: open with the room's
+                # frame, then flash its state LED to show it has connected.
+                yield encode_frame(room.frame)
+                yield encode_frame(leds.flashed(room.frame))
+                restore = loop.call_later(leds.FLASH_SECONDS, self._restore, room, updates)
+                try:
+                    async for pub in updates:
+                        if isinstance(pub.event, LedFrame):
+                            yield pub.encoded(encode_status)
+                finally:
+                    restore.cancel()
+        finally:
+            reader.cancel()
+            self._metrics.stream_closed(DEVICES)
 
     def _restore(self, room: Room, updates: Any) -> None:
         updates.deliver(

@@ -19,6 +19,7 @@ from chat_helpers import (
     PASSWORD,
     SECRET,
     OpenChannel,
+    ServedHub,
     Stream,
     eventually,
     kind,
@@ -36,6 +37,7 @@ from tcp.raw_client import RawClient
 from hub.app import Addresses, App
 from hub.audio.library import SoundLibrary, default_sounds_folder
 from hub.audio.music import MusicFolder
+from hub.health import main as probe
 from hub.proto import chat_pb2, chat_pb2_grpc
 from hub.settings import ChatSettings, OperatorSettings, Settings
 from hub.tcp.codec import ErrorCode, Join, Joined, Play, StreamStart
@@ -288,7 +290,7 @@ async def test_rooms_listeners_and_audio_are_counted(
 
 
 async def test_the_backplane_hook_reaches_metrics_and_health(
-    start_app: StartApp, open_channel: OpenChannel
+    start_app: StartApp, open_channel: OpenChannel, capsys: pytest.CaptureFixture[str]
 ) -> None:
     running = await start_app()
     stub = health_pb2_grpc.HealthStub(open_channel(running.grpc[0]))
@@ -302,6 +304,9 @@ async def test_the_backplane_hook_reaches_metrics_and_health(
     assert (await asyncio.wait_for(watch.read(), timeout())).status == not_serving
     check = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout())
     assert check.status == not_serving
+    # The probe command says so too, and fails.
+    assert await asyncio.to_thread(probe, ["--address", running.grpc[0]]) == 1
+    assert capsys.readouterr().out == "NOT_SERVING\n"
     assert (await running.scrape()).value("hub_backplane_up") == 0
 
     running.app.set_backplane(True)
@@ -343,6 +348,19 @@ async def test_health_is_serving_on_every_grpc_port_for_every_service(
             assert check.status == health_pb2.HealthCheckResponse.SERVING, (address, service)
         unknown = await rpc_error(stub.Check(health_pb2.HealthCheckRequest(service="chat.Nope")))
         assert unknown.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_health_is_not_serving_until_ready(
+    hub_server: ServedHub, channel: grpc.aio.Channel
+) -> None:
+    # A server whose App has not said every door is bound (here: none will).
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service="chat.Chat")
+    before = await stub.Check(request, timeout=timeout())
+    assert before.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    await hub_server.server.health.ready()
+    after = await stub.Check(request, timeout=timeout())
+    assert after.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_health_says_not_serving_as_soon_as_shutdown_starts(

@@ -48,6 +48,7 @@ from bench.common import (
     mark,
     ms,
     server_env,
+    shut_doors,
     start_py_spy,
     wait_quiet,
     workers_cpu,
@@ -599,8 +600,8 @@ class Server(HubProcess):
             self.args.server_module,
             [
                 "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none",
-                "--stream-address", "none", "--rate", "0", "--queue", str(self.args.queue),
-                *metrics, *self.args.server_arg,
+                "--rate", "0", "--queue", str(self.args.queue), *metrics,
+                *shut_doors(self.args.server_module, self.args.server_cwd), *self.args.server_arg,
             ],
             env=server_env(self.args.server_env),
             cwd=self.args.server_cwd,

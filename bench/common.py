@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -172,6 +173,23 @@ def wait_quiet(limit_s: float, quiet_pct: float) -> float:
         if waited - said >= 30 or not said:
             said = waited or 0.001
             print(f"   (machine {busy:.0f}% of a core busy before the run: waiting)", flush=True)
+
+
+@functools.cache
+def shut_doors(module: str, cwd: str | None) -> tuple[str, ...]:
+    """Flags that shut the server's front doors a benchmark does not use, if
+    it has them (the reference chat program has none): left on their
+    defaults they would bind fixed ports (8080), which something else may
+    hold, failing the run, and an unused door is noise. Every door a
+    benchmark does use it binds on a free port."""
+    text = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return tuple(x for flag in ("--stream-address",) if flag in text for x in (flag, "none"))
 
 
 def server_env(items: Sequence[str]) -> dict[str, str]:

@@ -58,6 +58,7 @@ from bench.common import (
     mark,
     ms,
     server_env,
+    shut_doors,
     start_py_spy,
     wait_quiet,
     workers_cpu,
@@ -557,26 +558,6 @@ async def _controller_main(conn: Connection, cfg: dict[str, Any]) -> None:
 # -- the server under test -----------------------------------------------------
 
 
-_DOORS: list[str] | None = None
-
-
-def _quiet_doors(args: argparse.Namespace) -> list[str]:
-    """Flags that shut the server's other front doors, if it has them: only
-    gRPC on a free port is wanted (a fixed port could be taken, and an
-    unused door is noise)."""
-    global _DOORS
-    if _DOORS is None:
-        text = subprocess.run(
-            [sys.executable, "-m", args.server_module, "--help"],
-            cwd=args.server_cwd,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-        _DOORS = [x for flag in ("--stream-address",) if flag in text for x in (flag, "none")]
-    return _DOORS
-
-
 class Server(HubProcess):
     """The hub for one device scenario: the long sound, the packet duration."""
 
@@ -591,7 +572,7 @@ class Server(HubProcess):
             [
                 "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none",
                 "--long-sound", "--opus-frame-ms", f"{self.frame_ms:g}",
-                *_quiet_doors(self.args), *self.args.server_arg,
+                *shut_doors(self.args.server_module, self.args.server_cwd), *self.args.server_arg,
             ],
             env=server_env(self.args.server_env),
             cwd=self.args.server_cwd,

@@ -125,6 +125,9 @@ class App:
             if self.metrics_server is not None:
                 await self.metrics_server.close()
             await self.hub.close()
+            # Sounds encoded part of the way hold a file and a resampler each;
+            # at exit those would be reported as leaked (see PacketCache.close).
+            await self.hub.rooms.cache.close()
 
     @staticmethod
     async def _bind(start: Callable[[str], Awaitable[str]], address: str) -> str:

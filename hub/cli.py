@@ -3,7 +3,10 @@
 Reference flags, same meanings and defaults: ``-s`` server mode, ``-p``
 password, ``-h`` host:port (where the server binds, or which server a client
 dials), ``-n`` the client's name, ``-v`` debug log. Since ``-h`` is taken, help
-is ``--help``.
+is ``--help``. Every option, and its HUB_* variable and config-file key, comes
+from the one table in hub/config.py. Two commands stand before the flags:
+``hub config`` prints the effective configuration, ``hub health`` probes a
+server (hub/probe.py, the image's HEALTHCHECK).
 """
 
 from __future__ import annotations
@@ -23,27 +26,23 @@ from typing import Any, TypeVar
 # of it. An explicit GRPC_VERBOSITY (e.g. debug) still wins.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
+from hub import logs
 from hub.app import Addresses, App
 from hub.audio.library import SoundLibrary, default_sounds_folder
 from hub.audio.music import MusicFolder
 from hub.audio.opus import OpusSettings
+from hub.config import LOG_FORMATS, LOOPS, Config, ConfigError, load
 from hub.core.chat import CHANNEL
 from hub.core.events import UserJoined, UserLeft
 from hub.core.subscription import Overflow
+from hub.core.tokens import SECRET_ENV, SECRET_FILE_ENV, load_secret
 from hub.lines import PROCESS, SERVER, Printer
 from hub.rpc.server import BindError
 from hub.settings import ChatSettings, DeviceSettings, OperatorSettings, Settings, StreamSettings
 
 log = logging.getLogger("hub")
 
-DEFAULT_HOST = "0.0.0.0:6262"
-DEFAULT_DEVICE_ADDRESS = "0.0.0.0:50051"
-DEFAULT_STREAM_ADDRESS = "0.0.0.0:8080"
-
 T = TypeVar("T")
-
-
-LOOPS = ("uvloop", "asyncio")
 
 
 def run_on(loop: str, main: Coroutine[Any, Any, T]) -> T:
@@ -57,174 +56,14 @@ def run_on(loop: str, main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    defaults = ChatSettings()
-    device_defaults = DeviceSettings()
-    opus_defaults = OpusSettings()
-    parser = argparse.ArgumentParser(
-        prog="hub",
-        add_help=False,
-        description="Real-time hub: gRPC chat (reference-compatible), devices, streaming.",
+def configure_logging(config: Config) -> None:
+    """Log records per ``--log-format``/``--log-level``, with the password and
+    the token secret masked should any record ever hold them."""
+    logs.configure(
+        config.log_level,
+        config.log_format,
+        secrets=(config.password, config.token_secret),
     )
-    parser.add_argument("--help", action="help", help="show this help and exit")
-    ref = parser.add_argument_group("reference flags")
-    ref.add_argument("-s", "--server", action="store_true", help="run the server")
-    ref.add_argument("-p", "--password", default="", help="the server's password")
-    ref.add_argument(
-        "-h",
-        "--host",
-        default=DEFAULT_HOST,
-        help=f"server: bind address; client: server to dial (default {DEFAULT_HOST})",
-    )
-    ref.add_argument("-n", "--name", default="", help="client: your name")
-    ref.add_argument("-v", "--verbose", action="store_true", help="debug log")
-    client = parser.add_argument_group("client")
-    client.add_argument(
-        "--room",
-        default="",
-        help="watch this device room; /mode, /play and /stop press its buttons",
-    )
-    srv = parser.add_argument_group("server")
-    srv.add_argument(
-        "--device-address",
-        default=DEFAULT_DEVICE_ADDRESS,
-        help="a second gRPC address, where the stock device client dials "
-        f"(default {DEFAULT_DEVICE_ADDRESS}; 'none' to serve only -h)",
-    )
-    srv.add_argument(
-        "--grace",
-        type=float,
-        default=defaults.grace,
-        help="seconds a session outlives its last stream (default %(default)s)",
-    )
-    srv.add_argument(
-        "--token-ttl",
-        type=float,
-        default=defaults.token_ttl,
-        help="token lifetime in seconds (default %(default)s)",
-    )
-    srv.add_argument(
-        "--rate",
-        type=float,
-        default=defaults.rate_per_second,
-        help="messages a second per session, 0 for no limit (default %(default)s)",
-    )
-    srv.add_argument(
-        "--burst",
-        type=float,
-        default=defaults.rate_burst,
-        help="message burst per session (default %(default)s)",
-    )
-    srv.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=defaults.message_max_bytes,
-        help="largest chat line (default %(default)s)",
-    )
-    srv.add_argument(
-        "--max-name-chars",
-        type=int,
-        default=defaults.name_max_chars,
-        help="longest user name (default %(default)s)",
-    )
-    srv.add_argument(
-        "--queue",
-        type=int,
-        default=defaults.queue_max,
-        help="events a stream may fall behind before it is cut (default %(default)s)",
-    )
-    srv.add_argument(
-        "--loop",
-        choices=LOOPS,
-        default="uvloop",
-        help="the server's event loop (default %(default)s: more lines per second per core, "
-        "bench/README.md)",
-    )
-    ops = parser.add_argument_group("operating it (health is always on)")
-    ops.add_argument(
-        "--metrics-address",
-        metavar="HOST:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
-    )
-    ops.add_argument(
-        "--no-reflection",
-        action="store_true",
-        help="do not serve gRPC reflection (grpcurl list/describe)",
-    )
-    tcp = parser.add_argument_group("streaming over TCP (docs/protocol.md)")
-    tcp.add_argument(
-        "--stream-address",
-        default=DEFAULT_STREAM_ADDRESS,
-        help=f"where to serve it (default {DEFAULT_STREAM_ADDRESS}; 'none' to shut it)",
-    )
-    tcp.add_argument(
-        "--music",
-        metavar="DIR",
-        help="the music folder clients list and play (default: the bundled sounds/)",
-    )
-    tcp.add_argument(
-        "--stream-token", action="store_true", help="listeners must send a valid token in HELLO"
-    )
-    dev = parser.add_argument_group("devices")
-    dev.add_argument(
-        "--sounds",
-        metavar="DIR",
-        help="folder of mode sounds, one mode per file in name order "
-        "(default: the bundled sounds/)",
-    )
-    dev.add_argument(
-        "--long-sound",
-        action="store_true",
-        help="add the 20-minute generated sound as the last mode",
-    )
-    dev.add_argument(
-        "--device-token",
-        action="store_true",
-        help="devices must send a valid x-chat-token (the stock client cannot)",
-    )
-    dev.add_argument(
-        "--token-rooms",
-        default="",
-        metavar="ROOM,ROOM",
-        help="with --device-token: require it only in these rooms",
-    )
-    dev.add_argument(
-        "--room-linger",
-        type=float,
-        default=device_defaults.linger,
-        help="seconds an empty room keeps its mode (default %(default)s)",
-    )
-    dev.add_argument(
-        "--opus-bitrate",
-        type=int,
-        default=opus_defaults.bitrate,
-        help="bits a second (default %(default)s)",
-    )
-    dev.add_argument(
-        "--opus-complexity",
-        type=int,
-        default=opus_defaults.complexity,
-        help="0-10 (default %(default)s)",
-    )
-    dev.add_argument(
-        "--opus-frame-ms",
-        type=float,
-        default=opus_defaults.frame_ms,
-        help="packet duration: 2.5, 5, 10, 20, 40 or 60 (default %(default)s); "
-        "shorter is lower latency and more packets a second",
-    )
-    return parser
-
-
-def configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not verbose:
-        # The per-session lines are for -v; the reference lines say enough.
-        logging.getLogger("hub").setLevel(logging.WARNING)
 
 
 def tune_gc() -> None:
@@ -239,53 +78,76 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
+def settings_from(config: Config) -> Settings:
     return Settings(
         chat=ChatSettings(
-            password=args.password,
-            token_ttl=args.token_ttl,
-            grace=args.grace,
-            name_max_chars=args.max_name_chars,
-            message_max_bytes=args.max_message_bytes,
-            rate_per_second=args.rate,
-            rate_burst=args.burst,
-            queue_max=args.queue,
+            password=config.password,
+            token_ttl=config.token_ttl,
+            grace=config.grace,
+            name_max_chars=config.max_name_chars,
+            message_max_bytes=config.max_message_bytes,
+            rate_per_second=config.rate,
+            rate_burst=config.burst,
+            queue_max=config.queue,
+            login_failure_rate=config.login_failure_rate,
+            login_failure_burst=config.login_failure_burst,
         ),
         devices=DeviceSettings(
-            require_token=args.device_token,
-            token_rooms=frozenset(r for r in args.token_rooms.split(",") if r),
-            linger=args.room_linger,
+            require_token=config.device_token,
+            token_rooms=frozenset(r for r in config.token_rooms.split(",") if r),
+            linger=config.room_linger,
             opus=OpusSettings(
-                bitrate=args.opus_bitrate,
-                complexity=args.opus_complexity,
-                frame_ms=args.opus_frame_ms,
+                bitrate=config.opus_bitrate,
+                complexity=config.opus_complexity,
+                frame_ms=config.opus_frame_ms,
             ),
         ),
-        stream=StreamSettings(require_token=args.stream_token),
+        stream=StreamSettings(
+            require_token=config.stream_token,
+            handshake_timeout=config.handshake_timeout,
+            max_connections_per_peer=config.max_connections_per_peer,
+        ),
         operator=OperatorSettings(
-            metrics_address=args.metrics_address, reflection=not args.no_reflection
+            metrics_address=None if config.metrics_address == "none" else config.metrics_address,
+            reflection=config.reflection,
         ),
     )
 
 
-async def serve(args: argparse.Namespace, printer: Printer) -> int:
-    grpc_addresses = [args.host]
-    if args.device_address.lower() != "none" and args.device_address != args.host:
-        grpc_addresses.append(args.device_address)
+def door_lines(
+    grpc_bound: list[str], stream_bound: str | None, metrics_bound: str | None = None
+) -> list[str]:
+    """What the server says it serves, one line for every door and port bound."""
+    lines = [f"serving chat, rooms and devices (gRPC) on {where}" for where in grpc_bound]
+    if stream_bound is not None:
+        lines.append(f"serving music and room streaming (TCP) on {stream_bound}")
+    if metrics_bound is not None:
+        lines.append(f"serving Prometheus metrics (HTTP) on http://{metrics_bound}/metrics")
+    return lines
+
+
+async def serve(config: Config, printer: Printer) -> int:
+    grpc_addresses = [config.host]
+    if config.device_address != "none" and config.device_address != config.host:
+        grpc_addresses.append(config.device_address)
+    stream_address = None if config.stream_address == "none" else config.stream_address
     try:
-        settings = settings_from(args)
-        library = SoundLibrary.from_folder(args.sounds, with_long=args.long_sound)
+        settings = settings_from(config)
+        secret = load_secret(
+            {SECRET_ENV: config.token_secret, SECRET_FILE_ENV: config.token_secret_file}
+        )
+        library = SoundLibrary.from_folder(config.sounds or None, with_long=config.long_sound)
     except (ValueError, OSError) as error:
         printer.line(PROCESS, str(error))
         return 1
-    stream_address = None if args.stream_address.lower() == "none" else args.stream_address
     app = App(
         settings,
         Addresses(grpc=grpc_addresses, stream=stream_address),
+        secret=secret,
         library=library,
-        music=MusicFolder(args.music or default_sounds_folder()),
+        music=MusicFolder(config.music or default_sounds_folder()),
     )
-    if not args.password:
+    if not config.password:
         log.warning("no password set (-p): anyone who reaches the server can log in")
 
     async def print_sessions() -> None:
@@ -302,7 +164,14 @@ async def serve(args: argparse.Namespace, printer: Printer) -> int:
 
     async def started(bound: list[str]) -> None:
         tune_gc()
-        printer.line(SERVER, f'starting on {bound[0]} with password "{args.password}"')
+        # The reference's line first, as it prints it; then every door.
+        printer.line(SERVER, f'starting on {bound[0]} with password "{config.password}"')
+        # App.run's order: the gRPC addresses, then the stream's, then the metrics'.
+        rest = bound[len(grpc_addresses) :]
+        stream_bound = rest.pop(0) if stream_address is not None else None
+        metrics_bound = rest.pop(0) if settings.operator.metrics_address is not None else None
+        for line in door_lines(bound[: len(grpc_addresses)], stream_bound, metrics_bound):
+            printer.line(SERVER, line)
         app.hub.spawn(print_sessions())
 
     try:
@@ -313,15 +182,33 @@ async def serve(args: argparse.Namespace, printer: Printer) -> int:
     return 0
 
 
+# Commands beside the reference's flags; `hub config ...`, `hub health ...`.
+COMMANDS = ("config", "health")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else ""
     printer = Printer(sys.stderr)
-    if args.server:
-        return run_on(args.loop, serve(args, printer))
+    try:
+        config = load(argv, os.environ)
+    except ConfigError as error:
+        # A usage error, as argparse's own for a bad flag: exit status 2.
+        printer.line(PROCESS, f"bad configuration: {error}")
+        return 2
+    configure_logging(config)
+    if command == "config":
+        sys.stdout.write(config.as_toml())
+        return 0
+    if command == "health":
+        from hub.probe import probe
+
+        return probe(config)
+    if config.server:
+        return run_on(config.loop, serve(config, printer))
     from clients.py_cli.chat import run_client  # the client pulls in prompt_toolkit
 
-    return run_client(args, printer)
+    return run_client(config.namespace(), printer)
 
 
 async def _after_start() -> None:
@@ -338,9 +225,10 @@ def music_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug log")
     parser.add_argument("--loop", choices=LOOPS, default="uvloop", help="event loop (%(default)s)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="text or json")
     args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    logging.getLogger("hub").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # Its own log is its only output: info by default.
+    logs.configure("debug" if args.verbose else "info", args.log_format)
     app = App(
         Settings(),
         Addresses(grpc=[], stream=f"{args.host}:{args.port}"),

@@ -32,6 +32,18 @@ class ChatSettings:
     # 4 KiB bound one stream's backlog at 4 MiB, and at the default rate limit
     # it takes dozens of busy senders for a healthy client to get near it.
     queue_max: int = 1024
+    # Failed logins per peer address (IPv6: per /64, what one host is given):
+    # 10 free, then one more every 2 s, and while a peer is over, every Login
+    # from it is refused RESOURCE_EXHAUSTED before its password is checked.
+    # That cuts guessing from about 1,000 tries a second to one every 2 s,
+    # while a person who mistypes a few times never notices. Successful
+    # logins spend nothing, so honest clients, however many behind one
+    # address, are never held back. 0 disables the throttle.
+    login_failure_rate: float = 0.5
+    login_failure_burst: float = 10.0
+    # Peers remembered, the least recently failed forgotten first: bounds the
+    # memory a flood of addresses can take (about 200 bytes each).
+    login_peers_max: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +86,17 @@ class StreamSettings:
     request_burst: float = 40.0
     # One open file descriptor each; past this, new clients get `unavailable`.
     max_connections: int = 4096
+    # Added for the handshake bound (issue 11): from connect to WELCOME a
+    # client has this long, however it trickles its bytes (the idle timer is
+    # reset by every byte, so it alone lets a peer dripping one byte at a time
+    # hold a connection for ever). A HELLO is one small frame: 5 s is ample on
+    # a slow mobile link and frees a stranger's slot quickly.
+    handshake_timeout: float = 5.0
+    # Added with it: connections from one peer address at once; past this a
+    # new one is refused at connect with `unavailable`. A household or an
+    # office behind one NAT address runs a few players each; 64 leaves them
+    # room while one host cannot take more than 64 of the max_connections.
+    max_connections_per_peer: int = 64
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate the mode sounds in ``sounds/`` from code.
+"""Generate the mode sounds in ``hub/sounds/`` (package data) from code.
 
 The sounds are committed, but made here rather than taken from anywhere, so
 their licence is ours, they can be regenerated bit for bit (fixed seeds, no
@@ -159,7 +159,7 @@ def write_all(out: Path) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = Path(__file__).resolve().parents[1] / "sounds"
+    default = Path(__file__).resolve().parents[1] / "hub" / "sounds"
     parser.add_argument("--out", type=Path, default=default, help=f"default: {default}")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -46,6 +46,21 @@ def hub_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def server_args(*, devices: str = "none", stream: str = "none") -> tuple[str, ...]:
+    """``hub -s -p PASSWORD`` on 127.0.0.1, port 0; the other doors shut unless given."""
+    return (
+        "-s",
+        "-p",
+        PASSWORD,
+        "-h",
+        "127.0.0.1:0",
+        "--device-address",
+        devices,
+        "--stream-address",
+        stream,
+    )
+
+
 def normalize(line: str) -> str:
     """Times become ``[TIME]``; the session ids of server lines become ``SESSION``."""
     line = re.sub(rf"^{TIME} ", "[TIME] ", line)
@@ -169,19 +184,7 @@ class Procs:
 
     def server(self, *args: str) -> tuple[Proc, int]:
         """A server on 127.0.0.1 (port 0 unless ``args`` say otherwise), and its port."""
-        if not args:
-            args = (
-                "-s",
-                "-p",
-                PASSWORD,
-                "-h",
-                "127.0.0.1:0",
-                "--device-address",
-                "none",
-                "--stream-address",
-                "none",
-            )
-        proc = self.start(*args)
+        proc = self.start(*(args or server_args()))
         match = proc.expect(STARTING, seconds=20)
         return proc, int(match["port"])
 

@@ -13,6 +13,7 @@
 - ``open_channel``: a factory, ``open_channel(address, options=())``, of
   insecure channels, closed at teardown.
 - ``channel``: a channel to ``hub_server``.
+- ``procs``: real `hub` processes (``cli_helpers.Procs``), stopped at teardown.
 
 Their types (``ServedHub``, ``ServeHub``, ``OpenChannel``), the constants and
 the wait helpers (``timeout``, ``eventually``) live in ``chat_helpers``: import
@@ -22,7 +23,7 @@ sanity bound scaled by ``HUB_TEST_TIMEOUT_FACTOR``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -30,6 +31,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from chat_helpers import PASSWORD, SECRET, OpenChannel, ServedHub, ServeHub, run_hub
+from cli_helpers import Procs
 
 from hub.clock import Clock
 from hub.core.hub import Hub
@@ -94,3 +96,10 @@ async def open_channel() -> AsyncIterator[OpenChannel]:
 @pytest_asyncio.fixture
 async def channel(hub_server: ServedHub, open_channel: OpenChannel) -> grpc.aio.Channel:
     return open_channel(hub_server.address)
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    started = Procs()
+    yield started
+    started.stop_all()

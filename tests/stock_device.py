@@ -101,9 +101,12 @@ class TcpRelay:
     RST_STREAM, nothing the server could take as a polite goodbye.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, source_host: str | None = None) -> None:
         host, port = target.rsplit(":", 1)
         self._target = (host, int(port))
+        # Connect to the target from this address (e.g. 127.0.0.2): the
+        # target sees another peer.
+        self._source = None if source_host is None else (source_host, 0)
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -117,7 +120,9 @@ class TcpRelay:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
+            up_reader, up_writer = await asyncio.open_connection(
+                *self._target, local_addr=self._source
+            )
         except OSError:
             writer.transport.abort()
             return

@@ -8,6 +8,7 @@ process reading commands from a pipe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import sys
 
@@ -17,10 +18,20 @@ import pytest
 from clients.py_cli.rooms import RoomControl
 from hub.audio.library import SoundLibrary
 from hub.audio.sources import long_sound
+from hub.core.rooms import status_channel
 from hub.core.roomstate import RoomState
 from hub.lines import Printer
 from hub.proto import chat_pb2, chat_pb2_grpc, comms_pb2_grpc
-from tests.chat_helpers import PASSWORD, OpenChannel, ServeHub, eventually, login, timeout
+from hub.settings import ChatSettings, Settings
+from tests.chat_helpers import (
+    PASSWORD,
+    OpenChannel,
+    ServeHub,
+    eventually,
+    login,
+    logout,
+    timeout,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -119,3 +130,64 @@ async def test_the_hub_client_presses_buttons_from_a_pipe(serve_hub: ServeHub) -
     await read_until("alice: /mode is a message")
     client.stdin.close()
     assert await asyncio.wait_for(client.wait(), timeout(10)) == 0
+
+
+# -- Watch belongs to the token's session ----------------------------------------
+
+
+async def watch_ended(call: grpc.aio.UnaryStreamCall) -> tuple[grpc.StatusCode, str]:
+    """Read a Watch to its end (gRPC gives the status only after the events)."""
+
+    async def drain() -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            while await call.read() is not grpc.aio.EOF:
+                pass
+
+    await asyncio.wait_for(drain(), timeout(10))
+    return await call.code(), await call.details()
+
+
+def watch(channel: grpc.aio.Channel, token: str, room: str) -> grpc.aio.UnaryStreamCall:
+    stub = chat_pb2_grpc.RoomsStub(channel)  # type: ignore[no-untyped-call]
+    call: grpc.aio.UnaryStreamCall = stub.Watch(
+        chat_pb2.WatchRequest(room=room), metadata=(("x-chat-token", token),)
+    )
+    return call
+
+
+async def test_logout_ends_the_sessions_watch(
+    serve_hub: ServeHub, open_channel: OpenChannel
+) -> None:
+    served = await serve_hub(library=LIBRARY)
+    channel = open_channel(served.address)
+    token = await login(channel, "alice")
+    other = await login(channel, "bob")
+    mine, theirs = watch(channel, token, "hall"), watch(channel, other, "hall")
+    for call in (mine, theirs):
+        first = await asyncio.wait_for(call.read(), timeout())
+        assert "idle, mode 1" in first.text
+    await logout(channel, token)
+    assert await watch_ended(mine) == (grpc.StatusCode.UNAUTHENTICATED, "logged out")
+    # Another session's watch goes on.
+    stub = chat_pb2_grpc.RoomsStub(channel)  # type: ignore[no-untyped-call]
+    await stub.Press(
+        chat_pb2.PressRequest(room="hall", button=chat_pb2.PressRequest.MODE),
+        metadata=(("x-chat-token", other),),
+    )
+    assert "mode 2" in (await asyncio.wait_for(theirs.read(), timeout())).text
+    theirs.cancel()
+
+
+async def test_expiry_ends_the_sessions_watch(
+    serve_hub: ServeHub, open_channel: OpenChannel
+) -> None:
+    # The real lifetime runs on the event loop's timer: 1 s (up to 2, rounded).
+    settings = Settings(chat=ChatSettings(password=PASSWORD, token_ttl=1.0))
+    served = await serve_hub(settings, library=LIBRARY)
+    channel = open_channel(served.address)
+    call = watch(channel, await login(channel, "alice"), "hall")
+    assert "idle, mode 1" in (await asyncio.wait_for(call.read(), timeout())).text
+    assert await watch_ended(call) == (grpc.StatusCode.UNAUTHENTICATED, "token expired")
+    await eventually(
+        lambda: served.hub.subscriber_count(status_channel("hall")) == 0, "no watcher left"
+    )

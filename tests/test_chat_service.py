@@ -31,6 +31,7 @@ from chat_helpers import (
     wait_subscribers,
 )
 from cli_helpers import HUB, Proc
+from stock_device import TcpRelay
 
 from hub.audio.library import SoundLibrary
 from hub.audio.sources import long_sound
@@ -230,7 +231,7 @@ async def test_unicode_and_tab_messages_pass_unchanged(
     hub_server: ServedHub, channel: grpc.aio.Channel
 ) -> None:
     _, alice = await joined(hub_server.hub, channel, "alice")
-    text = "tab\there — ünïcødé 🙂 \u202e " + "é" * 2000
+    text = "tab\there — ünïcødé 🙂 \u200d " + "é" * 2000
     assert len(text.encode()) <= 4096
     await alice.send(text)
     assert await alice.next_message() == ("alice", text)
@@ -794,3 +795,95 @@ async def test_sigterm_stops_the_server_within_five_seconds(
         assert any("shutting down" in line for line in server.lines), server.lines
     finally:
         server.stop()
+
+
+# -- Bidirectional-text controls: one rule for names and lines -----------------------
+
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+async def test_bidi_controls_are_refused_in_names_and_lines_alike(
+    hub_server: ServedHub, channel: grpc.aio.Channel
+) -> None:
+    hub = hub_server.hub
+    token, _ = await joined(hub, channel, "alice")
+    for char in BIDI_CONTROLS:
+        reason = f"must not contain bidirectional-text controls (U+{ord(char):04X})"
+        request = chat_pb2.LoginRequest(name=f"eve{char}lyn", password=PASSWORD)
+        error = await rpc_error(stub(channel).Login(request))
+        assert (error.code(), error.details()) == (Code.INVALID_ARGUMENT, f"username {reason}")
+        line = Stream(channel, token)
+        await line.send(f"reads {char}backwards")
+        ended = await line.end()
+        assert (ended.code, ended.details) == (Code.INVALID_ARGUMENT, f"message {reason}")
+        assert all(kind(e) != "client_message" for e in ended.events)
+    # Other format characters (a zero-width joiner in an emoji) still pass in lines.
+    emoji = "👩\u200d💻"
+    line = Stream(channel, token)
+    await line.send(emoji)
+    assert await line.next_message() == ("alice", emoji)
+
+
+# -- Failed logins are throttled per peer address ------------------------------------
+
+
+def throttled(rate: float = 0.5, burst: float = 3) -> Settings:
+    return settings(login_failure_rate=rate, login_failure_burst=burst)
+
+
+async def login_code(channel: grpc.aio.Channel, password: str) -> tuple[Code, str]:
+    request = chat_pb2.LoginRequest(name="mallory", password=password)
+    try:
+        await asyncio.wait_for(stub(channel).Login(request), timeout())
+    except grpc.aio.AioRpcError as error:
+        return error.code(), error.details() or ""
+    return Code.OK, ""
+
+
+WRONG = (Code.UNAUTHENTICATED, "password is incorrect")
+
+
+async def test_failed_logins_are_throttled_per_peer_address(
+    serve_hub: ServeHub, open_channel: OpenChannel, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()  # the budget refills only when the test says so
+    served = await serve_hub(throttled(), clock=clock, **chat_only())
+    guesser = open_channel(served.address)
+    for _ in range(3):
+        assert await login_code(guesser, "guess") == WRONG
+    refused = (Code.RESOURCE_EXHAUSTED, "too many failed logins, retry in 2 s")
+    assert await login_code(guesser, "guess") == refused
+    # A new connection from the same address is the same peer; while it is
+    # over, even the right password is refused (else a guess would show).
+    assert await login_code(open_channel(served.address), PASSWORD) == refused
+
+    # Another address is not held back: a relay connects from 127.0.0.2.
+    relay = TcpRelay(served.address, source_host="127.0.0.2")
+    try:
+        elsewhere = open_channel(await relay.start())
+        assert await login_code(elsewhere, PASSWORD) == (Code.OK, "")
+        assert await login_code(elsewhere, "typo") == WRONG
+    finally:
+        await relay.abort()
+
+    # One more try every 2 s.
+    clock.advance(2.0)
+    assert await login_code(guesser, "guess") == WRONG
+    assert await login_code(guesser, "guess") == refused
+    clock.advance(2.0)
+    assert await login_code(guesser, PASSWORD) == (Code.OK, "")
+    # The operator is told who is guessing (and never what).
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "127.0.0.1: too many failed logins, throttled" in warned
+    assert not any("guess" in line for line in warned)
+
+
+async def test_successful_logins_are_never_throttled(
+    serve_hub: ServeHub, open_channel: OpenChannel
+) -> None:
+    served = await serve_hub(throttled(burst=3), clock=FakeClock(), **chat_only())
+    channel = open_channel(served.address)
+    for round_ in range(20):
+        if round_ % 10 == 0:
+            assert await login_code(channel, "typo") == WRONG  # two mistakes in all
+        assert await login_code(channel, PASSWORD) == (Code.OK, "")

@@ -88,6 +88,7 @@ def test_two_clients_and_a_server_print_the_reference_lines(procs: Procs) -> Non
 
     assert server.transcript() == [
         f'[TIME] <<Server>>: starting on 127.0.0.1:{port} with password "{PASSWORD}"',
+        f"[TIME] <<Server>>: serving chat, rooms and devices (gRPC) on 127.0.0.1:{port}",
         "[TIME] <<Server>>: SESSION (alice) has logged in",
         "[TIME] <<Server>>: SESSION (bob) has logged in",
         "[TIME] <<Server>>: SESSION (bob) has logged out",
@@ -162,6 +163,24 @@ def test_a_refused_login_prints_the_go_error(
     client = procs.client(port, name, password)
     assert client.wait() == 1
     assert client.transcript() == [f"[TIME] <<Process>>: failed to login: rpc error: {error}"]
+
+
+def test_the_login_throttle_is_set_by_flags(procs: Procs) -> None:
+    _, port = procs.server(
+        "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none",
+        "--stream-address", "none", "--login-failure-burst", "1", "--login-failure-rate", "0.25",
+    )  # fmt: skip
+    first = procs.client(port, "mallory", "guess")
+    assert first.wait() == 1
+    second = procs.client(port, "mallory", "guess")
+    assert second.wait() == 1
+    # A 4 s wait, less what passed between the two (ceiled): timing-free.
+    (line,) = second.transcript()
+    assert re.fullmatch(
+        r"\[TIME\] <<Process>>: failed to login: rpc error: code = ResourceExhausted "
+        r"desc = too many failed logins, retry in [1-4] s",
+        line,
+    ), line
 
 
 def test_no_server_is_a_dial_timeout(procs: Procs) -> None:
@@ -239,7 +258,7 @@ def test_names_and_messages_from_peers_are_shown_literally(procs: Procs) -> None
     # A raw gRPC client: the server accepts markup and format characters
     # (it refuses control characters, see the unit test below for those).
     name = "[bold]x[/bold]"
-    message = "[red]hi[/red] \u202eevil\u200b é"
+    message = "[red]hi[/red] evil\u200b é"
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = chat_pb2_grpc.ChatStub(channel)
         token = stub.Login(chat_pb2.LoginRequest(password=PASSWORD, name=name), timeout=5).token
@@ -256,7 +275,7 @@ def test_names_and_messages_from_peers_are_shown_literally(procs: Procs) -> None
     alice.expect_line("<<Server>>: [bold]x[/bold] has logged out")
     assert alice.transcript()[2:] == [
         "[TIME] <<Server>>: [bold]x[/bold] has logged in",
-        "[TIME] [bold]x[/bold]: [red]hi[/red] \\u202eevil\\u200b é",
+        "[TIME] [bold]x[/bold]: [red]hi[/red] evil\\u200b é",
         "[TIME] <<Server>>: [bold]x[/bold] has logged out",
     ]
 

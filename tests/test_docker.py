@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import PASSWORD, SESSION, TIME, Procs
+from cli_helpers import PASSWORD, SESSION, TIME, Procs, server_args
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -100,9 +100,16 @@ def test_the_image_runs_as_a_user_that_is_not_root() -> None:
     assert re.search(rf"(useradd|adduser)\b.*\b{re.escape(user.split(':')[0])}\b", creates)
 
 
-def test_the_image_exposes_chat_and_devices() -> None:
+def test_the_image_exposes_every_door() -> None:
     ports = {port.split("/")[0] for args in arguments("EXPOSE") for port in args.split()}
-    assert ports == {"6262", "50051"}
+    assert ports == {"6262", "50051", "8080"}  # chat and devices (gRPC), streaming (TCP)
+
+
+def test_the_healthcheck_is_the_hub_probe() -> None:
+    (healthcheck,) = arguments("HEALTHCHECK")
+    options, _, command = healthcheck.partition("CMD ")
+    assert json.loads(command) == ["hub", "health"]  # exec form, no shell in the image's way
+    assert "--timeout" in options
 
 
 def test_the_entry_point_is_the_console_script() -> None:
@@ -131,18 +138,10 @@ def test_the_context_leaves_out_local_state() -> None:
 
 
 def test_the_entry_point_runs_the_readme_commands(procs: Procs) -> None:
-    # `IMAGE -s -p "super-secret"`, with both of its addresses on loopback.
-    server, port = procs.server(
-        "-s",
-        "-p",
-        PASSWORD,
-        "-h",
-        "127.0.0.1:0",
-        "--device-address",
-        "127.0.0.1:0",
-        "--stream-address",
-        "127.0.0.1:0",
-    )
+    # `IMAGE -s -p "super-secret"`, with its addresses on loopback (the two gRPC
+    # ones are the same, 127.0.0.1:0, so it serves one gRPC port).
+    server, port = procs.server(*server_args(devices="127.0.0.1:0", stream="127.0.0.1:0"))
+    stream = int(server.expect(rf"{TIME} <<Server>>: .*\(TCP\) on 127\.0\.0\.1:(\d+)")[1])
     # `docker run -i IMAGE -h "chat-server:6262" -p "super-secret" -n "alice"`
     alice = procs.start("-h", f"127.0.0.1:{port}", "-p", PASSWORD, "-n", "alice")
     alice.expect_line("<<Client>>: connected to stream")
@@ -157,6 +156,8 @@ def test_the_entry_point_runs_the_readme_commands(procs: Procs) -> None:
     assert server.wait(5) == 0
     assert server.transcript() == [
         f'[TIME] <<Server>>: starting on 127.0.0.1:{port} with password "{PASSWORD}"',
+        f"[TIME] <<Server>>: serving chat, rooms and devices (gRPC) on 127.0.0.1:{port}",
+        f"[TIME] <<Server>>: serving music and room streaming (TCP) on 127.0.0.1:{stream}",
         "[TIME] <<Server>>: SESSION (alice) has logged in",
         "[TIME] <<Server>>: SESSION (alice) has logged out",
         "[TIME] <<Server>>: shutting down",

@@ -54,6 +54,7 @@ from hub.audio.opus import OpusEncoder, OpusSettings
 from hub.audio.sources import SAMPLE_RATE, FileSound, GeneratedSound, Pcm
 from hub.audio.testing import best_correlation, read_all
 from hub.core.hub import Hub
+from hub.core.roomstate import Input
 from hub.settings import DeviceSettings, Settings, StreamSettings
 from hub.tcp import codec as proto
 from hub.tcp.server import StreamServer
@@ -137,10 +138,13 @@ class Served:
 Serve = Callable[..., Awaitable[Served]]
 
 
-def quiet_library() -> SoundLibrary:
-    """The rooms' mode sounds: one generated second, so start-up encodes nothing."""
+def quiet_library(seconds: float = 1.0) -> SoundLibrary:
+    """The rooms' mode sounds: one generated sound, so start-up encodes nothing."""
     hum = GeneratedSound(
-        "hum", key="test:hum", duration=1.0, render=lambda _first, n: np.zeros(n, np.float32)
+        "hum",
+        key=f"test:hum:{seconds}",
+        duration=seconds,
+        render=lambda _first, n: np.zeros(n, np.float32),
     )
     return SoundLibrary({0: hum})
 
@@ -149,8 +153,11 @@ def quiet_library() -> SoundLibrary:
 async def serve(music: Path) -> AsyncIterator[Serve]:
     async with AsyncExitStack() as stack:
 
-        async def start(settings: Settings | None = None) -> Served:
-            hub = Hub(settings or Settings(), secret=SECRET, library=quiet_library())
+        async def start(
+            settings: Settings | None = None, library: SoundLibrary | None = None
+        ) -> Served:
+            library = library or quiet_library()
+            hub = Hub(settings or Settings(), secret=SECRET, library=library)
             await hub.start()
             stack.push_async_callback(hub.close)
             server = StreamServer(hub, MusicFolder(music))
@@ -586,6 +593,52 @@ async def test_program_driven_from_a_pipe(served: Served, clis: list[Cli], tmp_p
     assert rest == ["unknown command: frobnicate (try help)"]
     played = read_wav(out)
     assert best_correlation(played, read_all(FileSound(track_path(served, "alpha.wav")))) > 0.9
+
+
+@pytest.mark.asyncio
+async def test_progress_shows_time_to_first_audio_from_the_request(
+    serve: Serve, clis: list[Cli], clients: list[ListenClient]
+) -> None:
+    """Always, not only with -v: from the play, or from the join of a room
+    that was playing; a room stream that starts later answers no request."""
+    served = await serve(library=quiet_library(seconds=30.0))
+    cli = await run_cli(clis, "127.0.0.1", str(served.port), "--no-speaker")
+    await cli.expect(r"connected to hub at .*")
+    await cli.send("play 2\n")
+    await cli.expect(r"playing 2: bravo \(00:02\)")
+    line = await cli.expect(r"  bravo  00:00 / 00:02  \(first audio (\d+) ms after play\)")
+    assert int(line.group(1)) < scaled(1000)
+    await cli.expect(r"finished: bravo")
+
+    kitchen = served.hub.rooms.get("kitchen")
+    await kitchen.press(Input.PLAY)
+    # The room is playing (a listener hears it) before the program joins.
+    there = Recorder()
+    await (await connect(served, clients, there)).join("kitchen")
+    start = await there.event(proto.StreamStart)
+    await there.until(lambda: any(a.seq > 0 for a in there.of(proto.Audio)))
+    await cli.send("join kitchen\n")
+    await cli.expect(r"joined room kitchen")
+    await cli.expect(r"playing in room kitchen: hum \(00:30\)")
+    line = await cli.expect(r"  hum  00:00 / 00:30  \(first audio (\d+) ms after join\)")
+    assert int(line.group(1)) < scaled(1000)
+    await kitchen.press(Input.STOP)
+    await cli.expect(r"stopped: hum")
+    assert there.of(proto.StreamEnd)[0].stream_id == start.stream_id
+
+    # Started by a device's Play long after the join: nobody's request here.
+    await kitchen.press(Input.PLAY)
+    await cli.expect(r"playing in room kitchen: hum \(00:30\)")
+    await cli.expect(r"  hum  00:05 / 00:30", seconds=20)
+    await kitchen.press(Input.STOP)
+    await cli.expect(r"stopped: hum")
+    await cli.send("quit\n")
+    status, _, err = await cli.finish()
+    assert (status, err) == (0, "")
+    assert [n for n in cli.lines if "first audio" in n] == [
+        n for n in cli.lines if re.search(r"first audio \d+ ms after (play|join)\)$", n)
+    ]
+    assert len([n for n in cli.lines if "first audio" in n]) == 2, cli.lines
 
 
 @pytest.mark.asyncio

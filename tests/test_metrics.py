@@ -37,7 +37,8 @@ from tcp.raw_client import RawClient
 from hub.app import Addresses, App
 from hub.audio.library import SoundLibrary, default_sounds_folder
 from hub.audio.music import MusicFolder
-from hub.health import main as probe
+from hub.config import load
+from hub.probe import probe
 from hub.proto import chat_pb2, chat_pb2_grpc
 from hub.settings import ChatSettings, OperatorSettings, Settings
 from hub.tcp.codec import ErrorCode, Join, Joined, Play, StreamStart
@@ -305,8 +306,9 @@ async def test_the_backplane_hook_reaches_metrics_and_health(
     check = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout())
     assert check.status == not_serving
     # The probe command says so too, and fails.
-    assert await asyncio.to_thread(probe, ["--address", running.grpc[0]]) == 1
-    assert capsys.readouterr().out == "NOT_SERVING\n"
+    config = load(["-h", running.grpc[0]], {})
+    assert await asyncio.to_thread(probe, config) == 1
+    assert capsys.readouterr().out == f"unhealthy: {running.grpc[0]} NOT_SERVING\n"
     assert (await running.scrape()).value("hub_backplane_up") == 0
 
     running.app.set_backplane(True)

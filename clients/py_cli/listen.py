@@ -133,20 +133,25 @@ class Listener:
         self.output = output
         self.room: str | None = None
         self.stream: proto.StreamStart | None = None
-        self._asked_at: float | None = None  # when the last play/join was sent
+        # The play or join sent last and not yet answered: (request, when).
+        self._asked: tuple[proto.FrameType, float] | None = None
+        # What the open stream answers, if it answers one of ours.
+        self._answers: tuple[proto.FrameType, float] | None = None
+        # "first audio N ms after play", for the open stream's progress line.
+        self._first_audio = ""
         self._heard = False  # the open stream has been written to the sinks
         self._next_progress = PROGRESS_EVERY
         self._status_at = 0.0
 
-    def asked(self) -> None:
-        """A play or join was sent: time the first audio of what comes."""
-        self._asked_at = time.monotonic()
+    def asked(self, request: proto.FrameType) -> None:
+        """A PLAY or JOIN was sent: time the first audio of the stream it starts."""
+        self._asked = (request, time.monotonic())
 
     def on_event(self, event: Event) -> None:
         # Audio first: nothing printed may delay the sound.
         self.output.handle(event)
         if isinstance(event, proto.Audio):
-            self._audio()
+            self._audio(event)
         elif isinstance(event, proto.StreamStart):
             self._start(event)
         elif isinstance(event, proto.StreamEnd):
@@ -161,6 +166,8 @@ class Listener:
         elif isinstance(event, proto.Error):
             if event.request in HELD_REQUESTS:
                 self.output.release()
+            if self._asked is not None and event.request is self._asked[0]:
+                self._asked = None  # refused: no stream of ours comes
             self.screen.line(f"error: {literal(error_text(event))}")
         elif isinstance(event, proto.ListResult):  # a page nobody asked for
             for text in track_lines(event.tracks):
@@ -169,6 +176,14 @@ class Listener:
     def _start(self, start: proto.StreamStart) -> None:
         self.stream = start
         self._heard = False
+        self._first_audio = ""
+        # A track's stream answers our PLAY; a room's our JOIN, if the room
+        # was playing when we joined (see _audio). A room stream started
+        # later by a device or a publisher answers nothing of ours.
+        asked, self._answers = self._asked, None
+        wanted = proto.FrameType.PLAY if start.track_id is not None else proto.FrameType.JOIN
+        if asked is not None and asked[0] is wanted:
+            self._answers, self._asked = asked, None
         self._next_progress = PROGRESS_EVERY
         title = literal(start.title)
         length = f" ({ms_clock(start.duration_ms)})" if start.duration_ms is not None else ""
@@ -178,35 +193,50 @@ class Listener:
             where = f" in room {literal(self.room)}" if self.room else ""
             self.screen.line(f"playing{where}: {title}{length}")
 
-    def _audio(self) -> None:
+    def _audio(self, audio: proto.Audio) -> None:
         stream = self.stream
         position = self.output.position
         if stream is None or position is None or self.output.held:
             return
-        if not self._heard:
+        first = not self._heard
+        if first:
             self._heard = True
-            if self._asked_at is not None:
-                log.info(
-                    "first audio %.0f ms after asking", (time.monotonic() - self._asked_at) * 1e3
-                )
-                self._asked_at = None
-        text = self.progress_text(stream, position)
+            self._first_audio = self._time_to_first_audio(audio)
+        text = self.progress_text(stream, position, self._first_audio)
         if self.screen.live:
             now = time.monotonic()
-            if now - self._status_at >= STATUS_INTERVAL:
+            if first or now - self._status_at >= STATUS_INTERVAL:
                 self._status_at = now
                 self.screen.status(text)
-        elif position >= self._next_progress:
-            self._next_progress += PROGRESS_EVERY
+        elif (first and self._first_audio) or position >= self._next_progress:
+            # Off a terminal, the first audio gets a line of its own when it
+            # answers a request: a track shorter than PROGRESS_EVERY has no other.
+            if not first:
+                self._next_progress += PROGRESS_EVERY
             self.screen.line(text)
 
+    def _time_to_first_audio(self, audio: proto.Audio) -> str:
+        """``first audio N ms after play``, or "" if the stream answers no request of ours."""
+        answers, self._answers = self._answers, None
+        if answers is None:
+            return ""
+        request, asked_at = answers
+        # A room joined mid-stream starts at a later seq; a room stream that
+        # begins at seq 0 began after the join, at someone else's request.
+        if request is proto.FrameType.JOIN and audio.seq == 0:
+            return ""
+        elapsed_ms = (time.monotonic() - asked_at) * 1e3
+        log.info("first audio %.0f ms after %s", elapsed_ms, request.name)
+        return f"first audio {elapsed_ms:.0f} ms after {request.name.lower()}"
+
     @staticmethod
-    def progress_text(stream: proto.StreamStart, position: float) -> str:
+    def progress_text(stream: proto.StreamStart, position: float, note: str = "") -> str:
         duration = None if stream.duration_ms is None else stream.duration_ms / 1000
+        note = f"  ({note})" if note else ""
         if duration is not None:
             position = min(position, duration)
-            return f"  {literal(stream.title)}  {clock(position)} / {clock(duration)}"
-        return f"  {literal(stream.title)}  {clock(position)}"
+            return f"  {literal(stream.title)}  {clock(position)} / {clock(duration)}{note}"
+        return f"  {literal(stream.title)}  {clock(position)}{note}"
 
     def _end(self, end: proto.StreamEnd) -> None:
         stream, self.stream = self.stream, None
@@ -248,7 +278,7 @@ async def run_command(text: str, client: ListenClient, listener: Listener) -> En
             return None
         # Silence the old stream now: nothing of it is heard after a play.
         output.hold()
-        listener.asked()
+        listener.asked(proto.FrameType.PLAY)
         await client.play(track_id)
     elif word == "stop":
         if output.current is not None and output.current.track_id is not None:
@@ -264,7 +294,7 @@ async def run_command(text: str, client: ListenClient, listener: Listener) -> En
             screen.line(f"error: {exc.message}")
             return None
         output.hold()
-        listener.asked()
+        listener.asked(proto.FrameType.JOIN)
         await client.join(rest)
     elif word == "leave":
         if output.current is not None and output.current.track_id is None:

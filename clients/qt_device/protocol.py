@@ -6,8 +6,8 @@ Two state machines live here, each with every transition in one place:
   ``DeviceStatusRequest`` on StatusStream.
 - ``AudioStreamTracker``: turns the ``AudioPacket`` flags into start / data /
   end events and flags every packet sequence the stock device client would
-  choke on (see shared/spec/wire-contracts.md, "How the stock device client
-  behaves"), so a server developer sees the bug here instead of a dead device.
+  choke on (docs/devices.md, "Audio"), so a server developer sees the bug
+  here instead of a dead device.
 
 ``connection.py`` feeds them what arrives from the network and sends what they
 return.

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from PyQt5.QtCore import QRectF, QSize, Qt
+from PyQt5.QtCore import QEvent, QObject, QRectF, QSize, Qt
 from PyQt5.QtGui import QCloseEvent, QColor, QPainter, QPaintEvent, QPen
 from PyQt5.QtWidgets import (
+    QApplication,
     QFormLayout,
+    QFrame,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
@@ -18,6 +20,8 @@ from PyQt5.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSizePolicy,
+    QStyle,
+    QStyleOptionButton,
     QVBoxLayout,
     QWidget,
 )
@@ -30,8 +34,12 @@ log = logging.getLogger(__name__)
 DEFAULT_DEVICE_ID = "test_client"
 DEFAULT_SERVER = "localhost:50051"
 PANELS_PER_ROW = 3
-# Fixed so that panels do not jump around as their status lines change.
-PANEL_WIDTH = 380
+# Fixed so that panels do not jump around as their status lines change; two
+# fit side by side on an 800-pixel screen (Qt's offscreen one, a small laptop).
+PANEL_WIDTH = 360
+# The gadget's body: a dark rounded box holding its LEDs and buttons, so each
+# device reads as one object and the words about it sit beneath it.
+GADGET_STYLE = "#gadget { background: #3b3f45; border: 2px solid #23262a; border-radius: 12px; }"
 
 
 class LedWidget(QWidget):
@@ -72,6 +80,25 @@ class LedWidget(QWidget):
         painter.drawEllipse(QRectF(self.rect()).adjusted(4, 4, -4, -4))
 
 
+def fit_captions(button: QPushButton, *captions: str) -> None:
+    """Let ``button`` be as narrow as its widest caption allows, and no narrower.
+
+    The styles ask 80 pixels of every push button with text, which four
+    buttons abreast in a panel cannot all have; what a caption needs is its
+    text plus the style's margins and frame."""
+    option = QStyleOptionButton()
+    button.initStyleOption(option)
+    option.text = ""  # the 80-pixel floor applies only to buttons with text
+    metrics = button.fontMetrics()
+    text = QSize(max(metrics.horizontalAdvance(c) for c in captions), metrics.height())
+    style = button.style()
+    if style is None:
+        return
+    size = style.sizeFromContents(QStyle.ContentsType.CT_PushButton, option, text, button)
+    button.setMinimumWidth(size.width())
+    button.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+
+
 class DevicePanel(QGroupBox):
     def __init__(
         self,
@@ -101,17 +128,10 @@ class DevicePanel(QGroupBox):
         fields = QFormLayout()
         fields.addRow("Device id", self.device_id_edit)
         fields.addRow("Server", self.server_edit)
-        led_row = QHBoxLayout()
-        for led in self.leds:
-            led_row.addWidget(led)
-        led_row.addStretch()
-        buttons = QHBoxLayout()
-        for button in (self.connect_button, self.mode_button, self.play_button, self.stop_button):
-            buttons.addWidget(button)
         layout = QVBoxLayout(self)
         layout.addLayout(fields)
-        layout.addLayout(led_row)
-        layout.addLayout(buttons)
+        self.gadget = self._gadget()
+        layout.addWidget(self.gadget)
         for label in (self.state_label, self.mode_label, self.audio_label, self.warning_label):
             layout.addWidget(label)
         layout.addStretch()
@@ -124,6 +144,27 @@ class DevicePanel(QGroupBox):
         self.stop_button.clicked.connect(lambda: device.press(Button.STOP))
         device.changed.connect(self.show_view)
         self.show_view(device.view)
+
+    def _gadget(self) -> QFrame:
+        """The device itself, laid out as on the gadget: its row of LEDs above
+        its row of four buttons, in one framed body."""
+        gadget = QFrame()
+        gadget.setObjectName("gadget")
+        gadget.setStyleSheet(GADGET_STYLE)
+        led_row = QHBoxLayout()
+        led_row.addStretch()
+        for led in self.leds:
+            led_row.addWidget(led)
+        led_row.addStretch()
+        buttons = QHBoxLayout()
+        for button in (self.connect_button, self.mode_button, self.play_button, self.stop_button):
+            fit_captions(button, "Disconnect" if button is self.connect_button else button.text())
+            buttons.addWidget(button)
+        body = QVBoxLayout(gadget)
+        body.setContentsMargins(12, 10, 12, 12)
+        body.addLayout(led_row)
+        body.addLayout(buttons)
+        return gadget
 
     def _on_connect(self) -> None:
         self.device.toggle(self.server_edit.text(), self.device_id_edit.text())
@@ -151,6 +192,25 @@ class DevicePanel(QGroupBox):
 
 
 DeviceFactory = Callable[[], SimulatedDevice]
+
+
+class DeviceScrollArea(QScrollArea):
+    """A scroll area that asks for room for all of its content.
+
+    ``QScrollArea.sizeHint`` caps the content at 36 by 24 lines of text, which
+    cut the second device and the Audio line off behind scroll bars; this one
+    asks for the whole content, and the window caps that at the screen."""
+
+    def sizeHint(self) -> QSize:
+        content = self.widget()
+        if content is None:
+            return super().sizeHint()
+        frame = 2 * self.frameWidth()
+        hint = content.sizeHint()
+        # Word-wrapped status lines make a panel taller than its plain hint.
+        if content.hasHeightForWidth():
+            hint.setHeight(max(hint.height(), content.heightForWidth(hint.width())))
+        return hint + QSize(frame, frame)
 
 
 class MainWindow(QMainWindow):
@@ -187,14 +247,16 @@ class MainWindow(QMainWindow):
         self._grid.setRowStretch(1_000, 1)
         grid_host = QWidget()
         grid_host.setLayout(self._grid)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(grid_host)
-        central = QWidget()
-        layout = QVBoxLayout(central)
+        # A panel that grows (a warning line appears) grows the window too.
+        grid_host.installEventFilter(self)
+        self.scroll_area = DeviceScrollArea()
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setWidget(grid_host)
+        self._central = QWidget()
+        layout = QVBoxLayout(self._central)
         layout.addLayout(toolbar)
-        layout.addWidget(scroll)
-        self.setCentralWidget(central)
+        layout.addWidget(self.scroll_area)
+        self.setCentralWidget(self._central)
 
     def add_device(self) -> DevicePanel:
         n = len(self.panels) + 1
@@ -205,7 +267,30 @@ class MainWindow(QMainWindow):
         row, column = divmod(n - 1, PANELS_PER_ROW)
         self._grid.addWidget(panel, row, column, Qt.AlignmentFlag.AlignTop)
         self.panels.append(panel)
+        self.fit_to_devices()
         return panel
+
+    def fit_to_devices(self) -> None:
+        """Grow the window until every device shows without scrolling, as far
+        as the screen allows; once shown, never shrink what the user enlarged."""
+        # The scroll area's size hint follows its content, but the layouts
+        # above it cache it: tell them it changed (updateGeometry alone does
+        # not reach a parent layout while the window is not yet shown).
+        self.scroll_area.updateGeometry()
+        self._central.updateGeometry()
+        for layout in (self._central.layout(), self.layout()):
+            if layout is not None:
+                layout.invalidate()
+        wanted = self.sizeHint()
+        screen = self.screen() or QApplication.primaryScreen()
+        if screen is not None:
+            wanted = wanted.boundedTo(screen.availableGeometry().size())
+        self.resize(self.size().expandedTo(wanted) if self.isVisible() else wanted)
+
+    def eventFilter(self, watched: QObject | None, event: QEvent | None) -> bool:
+        if event is not None and event.type() == QEvent.Type.LayoutRequest:
+            self.fit_to_devices()
+        return super().eventFilter(watched, event)
 
     def _on_add(self) -> None:
         self.add_device()

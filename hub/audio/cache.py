@@ -30,7 +30,7 @@ import asyncio
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
 from contextlib import aclosing
 
 from hub.audio.opus import OpusEncoder, OpusSettings
@@ -80,6 +80,17 @@ class _EncodingRun:
                 return out, True
             out.extend(self._encoder.feed(block))
         return out, False
+
+    def close(self) -> None:
+        """Let go of the source now: its open file and its resampler.
+
+        Left to the collector, a run cut short lives as long as its cache,
+        which is the process: its soxr resampler is then still alive when the
+        interpreter exits, and nanobind (soxr's binding) reports it as leaked
+        on standard error. Not while ``step`` runs in a worker thread.
+        """
+        if isinstance(self._blocks, Generator):
+            self._blocks.close()
 
 
 class EncodedSound:
@@ -185,6 +196,17 @@ class EncodedSound:
                 return  # complete, and past the end
             yield packets[index]
             index += 1
+
+    async def close(self) -> None:
+        """Release the encoding run of a sound not encoded to its end (once
+        the chunk under way, if any, is done). The list can then no longer be
+        extended without a gap, so the entry counts as failed: its readers
+        raise, and the cache gives the next one a fresh entry."""
+        await self.idle()
+        run, self._run = self._run, None
+        if run is not None:
+            run.close()
+            self._error = RuntimeError(f"encoding {self.sound.title!r} was closed")
 
     def warm(self) -> None:
         """Start encoding the first chunk in the background, if nothing is yet.
@@ -307,6 +329,12 @@ class PacketCache:
             self._estimated -= old_estimate
             log.info("evicted %r at %s from the packet cache", old.sound, old_settings)
         return entry
+
+    async def close(self) -> None:
+        """Release what the entries hold open (sources, resamplers) while they
+        wait for readers that will not come: when the hub stops."""
+        for entry, _ in list(self._entries.values()):
+            await entry.close()
 
     async def preload(self, sound: Sound, settings: OpusSettings) -> EncodedSound:
         """``get``, then encode the whole sound (in a worker thread) if retained."""

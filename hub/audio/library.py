@@ -1,7 +1,7 @@
 """The sounds a device can choose with its Mode button, plus the long one.
 
 Modes are indexed from 0 in the order of the sorted file names, so
-``sounds/1-chord.flac`` is mode index 0 (shown to people as "mode 1"); with
+``hub/sounds/1-chord.flac`` is mode index 0 (shown to people as "mode 1"); with
 ``with_long`` the long generated sound is the last mode. The folder is read
 once, when the library is built: changing the sounds means restarting (or
 building a new library), and the packet cache's keys include each file's size
@@ -10,10 +10,10 @@ and mtime, so stale packets are never served.
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import os
 import re
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -25,13 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def default_sounds_folder() -> Path:
-    """The bundled mode sounds: the repository's ``sounds/`` in a checkout,
-    or where an installed hub put them (``share/hub/sounds`` in its prefix,
-    see ``[tool.setuptools.data-files]`` in pyproject.toml)."""
-    checkout = Path(__file__).resolve().parents[2] / "sounds"
-    if checkout.is_dir():
-        return checkout
-    return Path(sys.prefix) / "share" / "hub" / "sounds"
+    """The bundled mode sounds: package data (``hub/sounds/``), found beside
+    the package wherever it was installed (a checkout, a venv, a system or
+    ``--user`` install), unlike a data-files prefix, which need not be
+    ``sys.prefix``."""
+    return Path(str(importlib.resources.files("hub").joinpath("sounds")))
 
 
 def title_of(path: Path) -> str:
@@ -57,7 +55,7 @@ class SoundLibrary:
         with_long: bool = False,
         long: Sound | None = None,
     ) -> SoundLibrary:
-        """Every file in ``folder`` (default: the repo's ``sounds/``) that
+        """Every file in ``folder`` (default: the bundled ``hub/sounds/``) that
         libsndfile can read, sorted by name, as modes 0, 1, ...
 
         ``with_long`` adds the long generated sound (``long``, default 20

@@ -27,6 +27,27 @@ log = logging.getLogger(__name__)
 CHANNEL = "chat"
 
 
+# Bidirectional-text controls: embeddings, overrides and isolates (U+202A-E,
+# U+2066-9) and the marks (U+200E/F, U+061C). One of them makes what follows
+# it render reordered, even reversed ("Trojan Source", CVE-2021-42574), in
+# any client that honours them, so a name or a line could show other than
+# what it says. Other format characters (ZWJ in emoji) are harmless in lines.
+BIDI_CONTROLS = frozenset(
+    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+)
+
+
+def refuse_bidi_controls(text: str, what: str) -> None:
+    """The one rule for names and lines: no bidirectional-text controls."""
+    if BIDI_CONTROLS.isdisjoint(text):
+        return
+    for char in text:
+        if char in BIDI_CONTROLS:
+            raise InvalidArgument(
+                f"{what} must not contain bidirectional-text controls (U+{ord(char):04X})"
+            )
+
+
 def _unprintable(char: str) -> bool:
     # Control (Cc), format (Cf: bidi overrides, zero-width tricks), surrogates,
     # private use and unassigned code points, and line/paragraph separators:
@@ -40,6 +61,7 @@ def check_name(name: str, max_chars: int) -> None:
         raise InvalidArgument("username is required")
     if len(name) > max_chars:
         raise InvalidArgument(f"username must be at most {max_chars} characters")
+    refuse_bidi_controls(name, "username")
     if any(_unprintable(c) for c in name):
         raise InvalidArgument("username must contain printable characters only")
     if name.startswith("<<") and name.endswith(">>"):
@@ -51,6 +73,7 @@ def check_name(name: str, max_chars: int) -> None:
 def check_message(text: str, max_bytes: int) -> None:
     if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise InvalidArgument(f"message must be at most {max_bytes} bytes")
+    refuse_bidi_controls(text, "message")
     # A line feed, carriage return or escape would let a sender forge lines or
     # drive other people's terminals; tabs are harmless.
     if any(unicodedata.category(c) == "Cc" and c != "\t" for c in text):
@@ -69,7 +92,7 @@ class Chat:
             raise WrongPassword("password is incorrect")
         check_name(name, self._settings.name_max_chars)
         session, token = self._hub.sessions.create(name)
-        log.info("%s: %r logged in", session.id, name)
+        log.info("%s: %r logged in", session.id, name, extra={"session": session.id})
         await self._hub.publish(CHANNEL, UserJoined(name=name, session_id=session.id))
         return session, token
 
@@ -101,7 +124,7 @@ class Chat:
             raise Unavailable("server is shutting down")
         check_message(text, self._settings.message_max_bytes)
         if not session.bucket.take():
-            log.warning("%s: rate limited", session.id)
+            log.warning("%s: rate limited", session.id, extra={"session": session.id})
             raise RateLimited(
                 f"too many messages: at most {self._settings.rate_per_second:g} a second"
             )
@@ -110,7 +133,13 @@ class Chat:
         )
 
     async def announce_end(self, session: Session, reason: LeaveReason) -> None:
-        log.info("%s: %r left (%s)", session.id, session.name, reason.value)
+        log.info(
+            "%s: %r left (%s)",
+            session.id,
+            session.name,
+            reason.value,
+            extra={"session": session.id},
+        )
         await self._hub.publish(
             CHANNEL, UserLeft(name=session.name, session_id=session.id, reason=reason)
         )

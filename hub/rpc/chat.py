@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,12 +17,23 @@ import grpc
 from hub.core.events import ServerShutdown, UserJoined, UserLeft, UserMessage
 from hub.core.hub import Hub
 from hub.core.publication import Publication
+from hub.core.ratelimit import FailureThrottle, RateLimitedLog
 from hub.core.sessions import Session
 from hub.core.subscription import Subscription
-from hub.errors import HubError, MissingToken, RateLimited, SlowConsumer, Unavailable
+from hub.errors import (
+    HubError,
+    MissingToken,
+    RateLimited,
+    ResourceExhausted,
+    SlowConsumer,
+    Unauthenticated,
+    Unavailable,
+)
+from hub.logs import set_context
 from hub.metrics import CHAT, Metrics, outcome_of
 from hub.proto import chat_pb2
-from hub.rpc.status import abort, metadata_value
+from hub.rpc.methods import Methods, Responses, consume
+from hub.rpc.status import abort, metadata_value, peer_address
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +63,41 @@ class ChatService:
     def __init__(self, hub: Hub, metrics: Metrics | None = None) -> None:
         self._hub = hub
         self._metrics = metrics or Metrics()
+        settings = hub.settings.chat
+        self._failed_logins = FailureThrottle(
+            settings.login_failure_rate,
+            settings.login_failure_burst,
+            settings.login_peers_max,
+            hub.clock,
+        )
+        self._throttle_log = RateLimitedLog(log, hub.clock)
 
     async def login(
         self, request: chat_pb2.LoginRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
+        set_context(peer=context.peer())
+        # A HubError raised here is the call's status (hub.rpc.methods).
+        peer = peer_address(context.peer())
+        wait = self._failed_logins.wait(peer)
+        if wait > 0:
+            # Before the password is checked: a throttled peer learns nothing.
+            self._metrics.login("throttled")
+            raise ResourceExhausted(f"too many failed logins, retry in {math.ceil(wait)} s")
         try:
             _, token = await self._hub.chat.login(request.name, request.password)
         except HubError as error:
             self._metrics.login(outcome_of(error))
             self._metrics.refused(CHAT, error)
-            await abort(context, error)
+            if isinstance(error, Unauthenticated) and self._failed_logins.failed(peer):
+                self._throttle_log.warning("%s: too many failed logins, throttled", peer)
+            raise
         self._metrics.login("ok")
         return chat_pb2.LoginResponse(token=token).SerializeToString()
 
     async def logout(
         self, request: chat_pb2.LogoutRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
+        set_context(peer=context.peer())
         try:
             await self._hub.chat.logout(request.token)
         except HubError as error:
@@ -77,7 +108,7 @@ class ChatService:
 
     async def stream(
         self, requests: AsyncIterator[chat_pb2.StreamRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    ) -> Responses:
         metrics = self._metrics
         try:
             token = metadata_value(context, TOKEN_HEADER)
@@ -87,6 +118,8 @@ class ChatService:
         except HubError as error:
             metrics.refused(CHAT, error)
             await abort(context, error)
+        set_context(session=session.id, peer=context.peer())
+        log.debug("stream opened")
         if self._hub.closing:
             await abort(context, Unavailable("server is shutting down"))
         latency = metrics.write_latency(CHAT)
@@ -114,36 +147,19 @@ class ChatService:
         subscription: Subscription,
     ) -> None:
         # A refused line ends this stream only, with the refusal as its status.
-        try:
-            async for request in requests:
+        async def say(request: chat_pb2.StreamRequest) -> None:
+            try:
                 await self._hub.chat.say(session, request.message)
-                self._metrics.chat_line()
-        except HubError as error:
-            if isinstance(error, RateLimited):
+            except RateLimited:
                 self._metrics.rate_limited(CHAT)
-            subscription.close(error)
-        except asyncio.CancelledError:
-            raise
-        except (grpc.RpcError, grpc.aio.AbortError):
-            # The peer went away mid-read, or the writer side aborted the call
-            # with a status (which wakes this read with AbortError).
-            pass
-        except Exception:
-            log.exception("%s: reading the stream failed", session.id)
-            subscription.close(Unavailable("internal error"))
+                raise
+            self._metrics.chat_line()
+
+        await consume(requests, say, subscription, session.id)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            "chat.Chat",
-            {
-                "Login": grpc.unary_unary_rpc_method_handler(
-                    self.login, request_deserializer=chat_pb2.LoginRequest.FromString
-                ),
-                "Logout": grpc.unary_unary_rpc_method_handler(
-                    self.logout, request_deserializer=chat_pb2.LogoutRequest.FromString
-                ),
-                "Stream": grpc.stream_stream_rpc_method_handler(
-                    self.stream, request_deserializer=chat_pb2.StreamRequest.FromString
-                ),
-            },
-        )
+        methods = Methods("chat.Chat", self._hub.clock)
+        methods.unary_unary("Login", self.login, chat_pb2.LoginRequest)
+        methods.unary_unary("Logout", self.logout, chat_pb2.LogoutRequest)
+        methods.stream_stream("Stream", self.stream, chat_pb2.StreamRequest)
+        return methods.handler()

@@ -9,6 +9,17 @@ Traps of the stock client that shape this adapter (wire-contracts.md):
   had no is_start for, and goes deaf if ServerAudioStream ever ends: the
   AudioGate shapes each device's view, and the audio stream stays open for
   as long as the device does.
+
+What the stock client never does ends a stream with a status, never leaves
+it half-alive:
+- a request that does not parse ends its stream with ``INVALID_ARGUMENT``
+  (and a rate-limited warning, hub.rpc.methods). On StatusStream the device's
+  answers are read by a task beside the writer; a malformed answer ends the
+  whole stream, not just the reader, so a stream that is open is always one
+  whose LED-failure reports are read and logged;
+- with ``--device-token``, the three streams belong to the token's session:
+  Logout or expiry ends each with ``UNAUTHENTICATED`` (hub.rpc.sessionbound),
+  and a press read after it is neither applied nor acknowledged.
 """
 
 from __future__ import annotations
@@ -29,12 +40,16 @@ from hub.core.hub import Hub
 from hub.core.publication import Publication
 from hub.core.rooms import Admit, AudioGate, Room, check_room_id
 from hub.core.roomstate import Input
+from hub.core.sessions import Session
 from hub.core.subscription import Overflow, Subscription
 from hub.errors import HubError, MissingToken, PermissionDenied
+from hub.logs import set_context
 from hub.metrics import DEVICES, Metrics
 from hub.proto import comms_pb2
 from hub.rpc.chat import TOKEN_HEADER
-from hub.rpc.status import abort, metadata_value
+from hub.rpc.methods import Methods, Responses, consume
+from hub.rpc.sessionbound import Interruptible, bound_to
+from hub.rpc.status import metadata_value
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +162,7 @@ class DeviceAudio:
         self._queue: deque[_Queued] = deque()
         self._wakeup = asyncio.Event()
         self._closed = False
+        self._error: HubError | None = None
 
     def deliver(self, pub: Publication) -> None:
         frame: AudioFrame = pub.event
@@ -185,8 +201,15 @@ class DeviceAudio:
                 return
 
     def close(self, error: HubError | None = None) -> None:
-        """Stop taking packets; what is queued is still handed out."""
+        """Stop taking packets; what is queued is still handed out, unless ``error``.
+
+        With ``error`` (the device's session ended) the queue is discarded
+        and the reader gets the error at once.
+        """
         self._closed = True
+        if error is not None:
+            self._error = error
+            self._queue.clear()
         self._wakeup.set()
 
     def __aiter__(self) -> DeviceAudio:
@@ -194,6 +217,8 @@ class DeviceAudio:
 
     async def __anext__(self) -> bytes:
         while not self._queue:
+            if self._error is not None:
+                raise self._error
             if self._closed:
                 raise StopAsyncIteration
             self._wakeup.clear()
@@ -208,17 +233,19 @@ class DeviceService:
         self._hub = hub
         self._metrics = metrics or Metrics()
 
-    async def _room(self, context: grpc.aio.ServicerContext) -> Room:
-        """The room the device names, or the call aborted with why not."""
+    def _room(self, context: grpc.aio.ServicerContext) -> tuple[Room, Session | None]:
+        """The device's room, and the session of its token if the room requires one."""
         try:
             return self._admit(context)
         except HubError as error:
             self._metrics.refused(DEVICES, error)
-            await abort(context, error)
+            raise
 
-    def _admit(self, context: grpc.aio.ServicerContext) -> Room:
+    def _admit(self, context: grpc.aio.ServicerContext) -> tuple[Room, Session | None]:
         room_id = check_room_id(metadata_value(context, DEVICE_ID_HEADER))
+        set_context(room=room_id, peer=context.peer())
         policy = self._hub.settings.devices
+        session = None
         if policy.requires_token(room_id):
             token = metadata_value(context, TOKEN_HEADER)
             if token is None:
@@ -227,16 +254,17 @@ class DeviceService:
             log.info("%s: device access to room %s", session.id, room_id)
         if self._hub.closing:
             raise PermissionDenied("server is shutting down")
-        return self._hub.rooms.get(room_id)
+        return self._hub.rooms.get(room_id), session
+
+    # A HubError raised by a handler is its call's status (hub.rpc.methods).
 
     async def status_stream(
         self,
         responses: AsyncIterator[comms_pb2.DeviceStatusResponse],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[bytes]:
-        room = await self._room(context)
+    ) -> Responses:
+        room, session = self._room(context)
         peer = context.peer()
-        reader = asyncio.create_task(self._read_status(room, peer, responses))
         loop = asyncio.get_running_loop()
         updates = DeviceFrames(
             room.status_channel,
@@ -244,20 +272,29 @@ class DeviceService:
             overflow=Overflow.DROP_OLDEST,
             label=f"device {room.id} {peer}",
         )
+
+        async def report(response: comms_pb2.DeviceStatusResponse) -> None:
+            if response.WhichOneof("response") == "status" and response.status != "success":
+                # %r: the device's text must not forge log lines or drive a terminal.
+                log.warning("device %s in %s: %r", peer, room.id, response.status[:200])
+
+        # The reader ends the stream (through ``updates``) if a response is refused.
+        reader = asyncio.create_task(consume(responses, report, updates, updates.label))
         self._metrics.stream_opened(DEVICES)
         try:
             async with self._hub.rooms.join(room.id, "a device"), self._hub.attach(updates):
-                # The device says nothing until asked: open with the room's
-                # frame, then flash its state LED to show it has connected.
-                yield encode_frame(room.frame)
-                yield encode_frame(leds.flashed(room.frame))
-                restore = loop.call_later(leds.FLASH_SECONDS, self._restore, room, updates)
-                try:
-                    async for pub in updates:
-                        if isinstance(pub.event, LedFrame):
-                            yield pub.encoded(encode_status)
-                finally:
-                    restore.cancel()
+                with bound_to(self._hub.sessions, session, updates):
+                    # The device says nothing until asked: open with the room's
+                    # frame, then flash its state LED to show it has connected.
+                    yield encode_frame(room.frame)
+                    yield encode_frame(leds.flashed(room.frame))
+                    restore = loop.call_later(leds.FLASH_SECONDS, self._restore, room, updates)
+                    try:
+                        async for pub in updates:
+                            if isinstance(pub.event, LedFrame):
+                                yield pub.encoded(encode_status)
+                    finally:
+                        restore.cancel()
         finally:
             reader.cancel()
             self._metrics.stream_closed(DEVICES)
@@ -269,24 +306,18 @@ class DeviceService:
             )
         )
 
-    async def _read_status(
-        self, room: Room, peer: str, responses: AsyncIterator[comms_pb2.DeviceStatusResponse]
-    ) -> None:
-        try:
-            async for response in responses:
-                if response.WhichOneof("response") == "status" and response.status != "success":
-                    log.warning("device %s in %s: %s", peer, room.id, response.status[:200])
-        except (grpc.RpcError, asyncio.CancelledError):
-            pass
-
     async def event_stream(
         self, events: AsyncIterator[comms_pb2.DeviceEvent], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        room = await self._room(context)
+    ) -> Responses:
+        room, session = self._room(context)
         ack = comms_pb2.DeviceEventResponse(ack=True).SerializeToString()
         nack = comms_pb2.DeviceEventResponse(ack=False).SerializeToString()
-        with self._metrics.stream_open(DEVICES):
-            async for event in events:
+        # With a token the stream waits on the device, not on a subscription:
+        # the session's end must wake that wait, and no press read after it
+        # may reach the room.
+        guarded = Interruptible(events)
+        with bound_to(self._hub.sessions, session, guarded), self._metrics.stream_open(DEVICES):
+            async for event in guarded if session is not None else events:
                 # Exactly one response per event: the device blocks until it has it.
                 press = event.button_event
                 given = BUTTONS.get(press.button_id)
@@ -299,8 +330,8 @@ class DeviceService:
 
     async def server_audio_stream(
         self, request: comms_pb2.AudioStreamRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        room = await self._room(context)
+    ) -> Responses:
+        room, session = self._room(context)
         metrics = self._metrics
         packets = DeviceAudio(
             room.audio_channel,
@@ -309,26 +340,17 @@ class DeviceService:
             on_skip=functools.partial(metrics.audio_skipped, DEVICES),
         )
         latency = metrics.write_latency(DEVICES)
-        with metrics.stream_open(DEVICES):
-            async with self._hub.attach(packets):
+        async with self._hub.attach(packets):
+            with bound_to(self._hub.sessions, session, packets), metrics.stream_open(DEVICES):
                 async for data in packets:
                     yield data
                     latency.written(packets.published)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            "com.opalcamera.test.DeviceService",
-            {
-                "StatusStream": grpc.stream_stream_rpc_method_handler(
-                    self.status_stream,
-                    request_deserializer=comms_pb2.DeviceStatusResponse.FromString,
-                ),
-                "EventStream": grpc.stream_stream_rpc_method_handler(
-                    self.event_stream, request_deserializer=comms_pb2.DeviceEvent.FromString
-                ),
-                "ServerAudioStream": grpc.unary_stream_rpc_method_handler(
-                    self.server_audio_stream,
-                    request_deserializer=comms_pb2.AudioStreamRequest.FromString,
-                ),
-            },
+        methods = Methods("com.opalcamera.test.DeviceService", self._hub.clock)
+        methods.stream_stream("StatusStream", self.status_stream, comms_pb2.DeviceStatusResponse)
+        methods.stream_stream("EventStream", self.event_stream, comms_pb2.DeviceEvent)
+        methods.unary_stream(
+            "ServerAudioStream", self.server_audio_stream, comms_pb2.AudioStreamRequest
         )
+        return methods.handler()

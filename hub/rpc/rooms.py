@@ -1,13 +1,13 @@
 """The hub's Rooms service (chat.proto): chat users watching and pressing rooms.
 
 Watching is not presence: a watcher neither keeps a room's sound playing
-nor shows up among its devices.
+nor shows up among its devices. A watch belongs to its token's session:
+Logout or expiry ends it with UNAUTHENTICATED (hub.rpc.sessionbound).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import grpc
 
@@ -19,9 +19,12 @@ from hub.core.roomstate import Input
 from hub.core.sessions import Session
 from hub.core.subscription import Overflow
 from hub.errors import HubError, InvalidArgument, MissingToken, SlowConsumer
+from hub.logs import set_context
 from hub.metrics import ROOMS, Metrics
 from hub.proto import chat_pb2
 from hub.rpc.chat import TOKEN_HEADER
+from hub.rpc.methods import Methods, Responses
+from hub.rpc.sessionbound import bound_to
 from hub.rpc.status import abort, metadata_value
 
 log = logging.getLogger(__name__)
@@ -52,30 +55,33 @@ class RoomsService:
         self._metrics = metrics or Metrics()
 
     def _session(self, context: grpc.aio.ServicerContext) -> Session:
-        token = metadata_value(context, TOKEN_HEADER)
-        if token is None:
-            raise MissingToken("missing token header")
-        return self._hub.sessions.authenticate(token)
+        try:
+            token = metadata_value(context, TOKEN_HEADER)
+            if token is None:
+                raise MissingToken("missing token header")
+            session = self._hub.sessions.authenticate(token)
+        except HubError as error:
+            self._metrics.refused(ROOMS, error)
+            raise
+        set_context(session=session.id, peer=context.peer())
+        return session
 
     async def watch(
         self, request: chat_pb2.WatchRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        try:
-            session = self._session(context)
-            room = self._hub.rooms.get(request.room)
-        except HubError as error:
-            self._metrics.refused(ROOMS, error)
-            await abort(context, error)
+    ) -> Responses:
+        # A HubError raised here is the call's status (hub.rpc.methods).
+        session = self._session(context)
+        room = self._hub.rooms.get(request.room)
         log.info("%s: watching room %s", session.id, room.id)
         metrics = self._metrics
         latency = metrics.write_latency(ROOMS)
-        with metrics.stream_open(ROOMS):
-            async with self._hub.subscribe(
-                room.status_channel,
-                maxlen=WATCH_QUEUE,
-                overflow=Overflow.DISCONNECT,
-                label=f"{session.id} watching {room.id}",
-            ) as updates:
+        async with self._hub.subscribe(
+            room.status_channel,
+            maxlen=WATCH_QUEUE,
+            overflow=Overflow.DISCONNECT,
+            label=f"{session.id} watching {room.id}",
+        ) as updates:
+            with bound_to(self._hub.sessions, session, updates), metrics.stream_open(ROOMS):
                 now = Publication(
                     room.status_channel,
                     RoomNotice(room.id, describe(room)),
@@ -87,10 +93,9 @@ class RoomsService:
                         if isinstance(pub.event, RoomNotice):
                             yield pub.encoded(encode_notice)
                             latency.written(pub.time)
-                except HubError as error:
-                    if isinstance(error, SlowConsumer):
-                        metrics.slow_consumer(ROOMS)
-                    await abort(context, error)
+                except SlowConsumer:
+                    metrics.slow_consumer(ROOMS)
+                    raise
 
     async def press(
         self, request: chat_pb2.PressRequest, context: grpc.aio.ServicerContext
@@ -102,21 +107,13 @@ class RoomsService:
             if given is None:
                 raise InvalidArgument(f"unknown button {request.button}")
         except HubError as error:
-            self._metrics.refused(ROOMS, error)
             await abort(context, error)
         log.info("%s: pressed %s in room %s", session.id, given.value, room.id)
         await room.press(given)
         return chat_pb2.PressResponse(state=describe(room)).SerializeToString()
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            "chat.Rooms",
-            {
-                "Watch": grpc.unary_stream_rpc_method_handler(
-                    self.watch, request_deserializer=chat_pb2.WatchRequest.FromString
-                ),
-                "Press": grpc.unary_unary_rpc_method_handler(
-                    self.press, request_deserializer=chat_pb2.PressRequest.FromString
-                ),
-            },
-        )
+        methods = Methods("chat.Rooms", self._hub.clock)
+        methods.unary_stream("Watch", self.watch, chat_pb2.WatchRequest)
+        methods.unary_unary("Press", self.press, chat_pb2.PressRequest)
+        return methods.handler()

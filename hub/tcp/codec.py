@@ -1089,7 +1089,7 @@ class Connection:
         # Open stream ids, indexed by _Slot.
         self._slots: list[int | None] = [None, None]
         # The unparsed tail: at most one incomplete frame, never more than
-        # HEADER_SIZE + max_frame_size bytes (an oversized length is refused as
+        # HEADER_SIZE + receive_limit bytes (an oversized length is refused as
         # soon as its header is complete).
         self._buffer = bytearray()
         self._events: deque[Event] = deque()
@@ -1116,8 +1116,21 @@ class Connection:
 
     @property
     def buffered(self) -> int:
-        """Bytes held for an incomplete frame (at most HEADER_SIZE + max_frame_size)."""
+        """Bytes held for an incomplete frame (at most HEADER_SIZE + receive_limit)."""
         return len(self._buffer)
+
+    @property
+    def receive_limit(self) -> int:
+        """The largest frame body accepted now.
+
+        A server takes at most MIN_MAX_FRAME_SIZE until it has sent WELCOME
+        (the document's limit for HELLO): a stranger who has not said who it
+        is cannot make it hold more than that. From WELCOME on, and always
+        for a client, it is ``max_frame_size``.
+        """
+        if self.role is Role.SERVER and self._state is not State.READY:
+            return MIN_MAX_FRAME_SIZE
+        return self.max_frame_size
 
     # -- the state table, read and applied --------------------------------
 
@@ -1274,11 +1287,12 @@ class Connection:
         if length == 0:
             self._fail(RemoteProtocolError(ErrorCode.BAD_FRAME, "empty frame: no type byte"))
             return False
-        if length > self.max_frame_size:
+        limit = self.receive_limit
+        if length > limit:
             self._fail(
                 RemoteProtocolError(
                     ErrorCode.FRAME_TOO_LARGE,
-                    f"frame of {length} bytes exceeds the limit of {self.max_frame_size}",
+                    f"frame of {length} bytes exceeds the limit of {limit}",
                 )
             )
             return False

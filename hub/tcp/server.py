@@ -17,7 +17,7 @@ import logging
 import secrets
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import cast
 
 import soundfile as sf
@@ -153,6 +153,8 @@ class StreamServer:
         self.metrics = metrics or Metrics()
         self.name = name
         self.clients: set[ClientConnection] = set()
+        # Open connections per peer address (settings.max_connections_per_peer).
+        self.per_peer: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
         self._no_clients = asyncio.Event()  # set whenever ``clients`` empties
@@ -191,7 +193,17 @@ class StreamServer:
                 async with asyncio.timeout(timeout):
                     await self._no_clients.wait()
 
-    def forget(self, client: ClientConnection) -> None:
+    def admit(self, client: ClientConnection, peer: str) -> bool:
+        """Count a new connection; False if its address already has its share."""
+        self.clients.add(client)
+        self.per_peer[peer] += 1
+        return self.per_peer[peer] <= self.settings.max_connections_per_peer
+
+    def forget(self, client: ClientConnection, peer: str) -> None:
+        if client in self.clients:
+            self.per_peer[peer] -= 1
+            if not self.per_peer[peer]:
+                del self.per_peer[peer]
         self.clients.discard(client)
         if not self.clients:
             self._no_clients.set()
@@ -207,9 +219,10 @@ class ClientConnection(asyncio.Protocol):
         self.server = server
         self.hub = server.hub
         self.settings = server.settings
-        self.metrics = server.metrics
         self.codec = proto.Connection(proto.Role.SERVER)
         self.id = server.session_id()
+        # Every record about this client names it (hub/logs.py).
+        self.log = logging.LoggerAdapter(log, {"session": self.id})
         self.skipped = 0  # audio frames skipped because this client lagged
         self._transport: asyncio.Transport | None = None
         self._requests: deque[proto.Event] = deque()
@@ -230,6 +243,9 @@ class ClientConnection(asyncio.Protocol):
         )
         self._heard = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._peer = ""
+        self._welcomed = False
         self._closing = False
         self._linger: asyncio.TimerHandle | None = None
 
@@ -239,19 +255,41 @@ class ClientConnection(asyncio.Protocol):
         # A stream transport, as ``create_server`` gives; not checked with
         # isinstance: uvloop's transports do not derive from asyncio's classes.
         self._transport = cast(asyncio.Transport, transport)
+        self.server.metrics.tcp_connected()
+        self.server.metrics.stream_opened(TCP)  # closed in connection_lost, always called
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.clients.add(self)
-        self.metrics.tcp_connected()
-        self.metrics.stream_opened(TCP)
+        peername = transport.get_extra_info("peername")
+        self._peer = str(peername[0]) if isinstance(peername, tuple) and peername else ""
+        if isinstance(peername, tuple) and len(peername) >= 2:
+            self.log = logging.LoggerAdapter(
+                log, {"session": self.id, "peer": f"{peername[0]}:{peername[1]}"}
+            )
+        self.log.debug("%s: connected from %s", self.id, peername)
+        if not self.server.admit(self, self._peer):
+            # Refused before a byte is read: a host opening connections by
+            # the thousand costs no handler and no parsing.
+            limit = self.settings.max_connections_per_peer
+            self.log.info(
+                "%s: refused: more than %d connections from %s", self.id, limit, self._peer
+            )
+            self.fail(
+                proto.ErrorCode.UNAVAILABLE,
+                f"too many connections from your address (at most {limit})",
+            )
+            return
         loop = asyncio.get_running_loop()
         self._heard = loop.time()
         self._idle_timer = loop.call_later(self.settings.idle_timeout, self._check_idle)
+        # Its own deadline, which bytes do not reset: the idle timer alone
+        # would let a peer that drips HELLO a byte at a time stay for ever.
+        self._handshake_timer = loop.call_later(
+            self.settings.handshake_timeout, self._check_handshake
+        )
         self._handler = loop.create_task(self._serve(), name=f"tcp client {self.id}")
-        log.debug("%s: connected from %s", self.id, transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes) -> None:
         self._heard = asyncio.get_running_loop().time()
@@ -264,10 +302,10 @@ class ClientConnection(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.forget(self)
-        self.metrics.stream_closed(TCP)
+        self.server.forget(self, self._peer)
+        self.server.metrics.stream_closed(TCP)
         self._transport = None
-        for timer in (self._idle_timer, self._linger):
+        for timer in (self._idle_timer, self._handshake_timer, self._linger):
             if timer is not None:
                 timer.cancel()
         if self._handler is not None:
@@ -275,13 +313,13 @@ class ClientConnection(asyncio.Protocol):
         # Leaving the room, ending a publication and detaching from the
         # session all await the hub: do it in a task of its own.
         self.hub.spawn(self._cleanup())
-        log.debug("%s: disconnected (%s)", self.id, exc or "closed")
+        self.log.debug("%s: disconnected (%s)", self.id, exc or "closed")
 
     def _take_events(self) -> None:
         for event in self.codec.events():
             if isinstance(event, proto.ProtocolViolation):
-                log.info("%s: protocol violation: %s", self.id, event.text)
-                self.metrics.protocol_error(event.code.label)
+                self.log.info("%s: protocol violation: %s", self.id, event.text)
+                self.server.metrics.protocol_error(event.code.label)
                 self.write(self.codec.error_frame())
                 self._close()
                 return
@@ -305,6 +343,12 @@ class ClientConnection(asyncio.Protocol):
                 self.settings.idle_timeout - silent, self._check_idle
             )
 
+    def _check_handshake(self) -> None:
+        if not self._welcomed:
+            timeout = self.settings.handshake_timeout
+            self.log.info("%s: no handshake within %g s", self.id, timeout)
+            self.fail(proto.ErrorCode.TIMEOUT, f"no HELLO answered within {timeout:g} s")
+
     # -- sending -----------------------------------------------------------
 
     def send(self, message: proto.Message, *, droppable: bool = False) -> None:
@@ -324,11 +368,11 @@ class ClientConnection(asyncio.Protocol):
         buffered = transport.get_write_buffer_size()
         if droppable and buffered > self.settings.send_high_water:
             self.skipped += 1
-            self.metrics.audio_skipped(TCP)
+            self.server.metrics.audio_skipped(TCP)
             return
         if buffered > self.settings.send_buffer_max:
-            log.warning("%s: disconnected as slow (%d bytes unsent)", self.id, buffered)
-            self.metrics.slow_consumer(TCP)
+            self.log.warning("%s: disconnected as slow (%d bytes unsent)", self.id, buffered)
+            self.server.metrics.slow_consumer(TCP)
             self.fail(proto.ErrorCode.SLOW, "too slow: the client does not keep up")
             return
         transport.write(data)
@@ -338,17 +382,21 @@ class ClientConnection(asyncio.Protocol):
         if stream_id is not None:
             self.send(proto.StreamEnd(stream_id, reason))
 
-    def fail(self, code: proto.ErrorCode, text: str) -> None:
-        """End the connection with a fatal ERROR (the protocol's last word)."""
+    def fail(
+        self, code: proto.ErrorCode, text: str, request: proto.FrameType | None = None
+    ) -> None:
+        """End the connection with a fatal ERROR (the protocol's last word);
+        ``request`` is the type of the request it refuses, if any."""
         if self._transport is None:
             return
         if self.codec.state not in CLOSED_STATES:  # legal in every open phase
+            error = proto.Error(code, text, fatal=True, request=request)
             with contextlib.suppress(proto.LocalProtocolError):
-                self._transport.write(self.codec.send(proto.Error(code, text, fatal=True)))
+                self._transport.write(self.codec.send(error))
         self._close()
 
-    def fail_with(self, error: HubError) -> None:
-        self.fail(ERROR_CODES[error.code], error.message)
+    def fail_with(self, error: HubError, request: proto.FrameType | None = None) -> None:
+        self.fail(ERROR_CODES[error.code], error.message, request)
 
     def close(self, error: HubError | None = None) -> None:
         """The chat session behind this connection ended."""
@@ -378,9 +426,12 @@ class ClientConnection(asyncio.Protocol):
         if self._paused:
             self._paused = False
             transport.resume_reading()
-        self._linger = asyncio.get_running_loop().call_later(
-            self.settings.idle_timeout, transport.abort
-        )
+        # A peer that never got WELCOME is a stranger: its slot is freed
+        # within the handshake deadline, not the (longer) idle timeout.
+        linger = self.settings.idle_timeout
+        if not self._welcomed:
+            linger = min(linger, self.settings.handshake_timeout)
+        self._linger = asyncio.get_running_loop().call_later(linger, transport.abort)
 
     def abort(self) -> None:
         """Drop the connection now, whatever is still queued."""
@@ -403,7 +454,7 @@ class ClientConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("%s: request failed", self.id)
+            self.log.exception("%s: request failed", self.id)
             self.fail(proto.ErrorCode.INTERNAL, "internal error")
 
     async def _handle(self, event: proto.Event) -> None:
@@ -420,7 +471,7 @@ class ClientConnection(asyncio.Protocol):
             return
         request = type(event).TYPE  # type: ignore[union-attr]
         if not self._requests_bucket.take():
-            self.metrics.rate_limited(TCP)
+            self.server.metrics.rate_limited(TCP)
             self.send(
                 proto.Error(
                     proto.ErrorCode.RATE_LIMITED, "too many requests", fatal=False, request=request
@@ -430,7 +481,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             await self._request(event)
         except HubError as error:
-            self.metrics.refused(TCP, error)
+            self.server.metrics.refused(TCP, error)
             self.send(
                 proto.Error(ERROR_CODES[error.code], error.message, fatal=False, request=request)
             )
@@ -451,28 +502,30 @@ class ClientConnection(asyncio.Protocol):
         elif isinstance(event, proto.PublishEnd):
             await self._publish_end()
         elif isinstance(event, proto.Error):
-            log.info("%s: client reports %s: %s", self.id, event.code.label, event.text)
+            self.log.info("%s: client reports %s: %s", self.id, event.code.label, event.text)
 
     async def _hello(self, hello: proto.Hello) -> None:
+        # Every refusal names the request it refuses: HELLO (section 4).
+        refused = proto.FrameType.HELLO
         if self.server.hub.closing:
-            self.fail(proto.ErrorCode.SHUTDOWN, "the server is shutting down")
+            self.fail(proto.ErrorCode.SHUTDOWN, "the server is shutting down", refused)
             return
         if len(self.server.clients) > self.settings.max_connections:
-            self.fail(proto.ErrorCode.UNAVAILABLE, "the server is full")
+            self.fail(proto.ErrorCode.UNAVAILABLE, "the server is full", refused)
             return
         user = None
         if hello.token:
             try:
                 self._session = self.hub.sessions.authenticate(hello.token)
             except HubError as error:
-                self.metrics.refused(TCP, error)
-                self.fail_with(error)
+                self.server.metrics.refused(TCP, error)
+                self.fail_with(error, refused)
                 return
             self.hub.sessions.attach(self._session, self)
             user = self._session.name
         elif self.settings.require_token:
-            self.metrics.auth_failed(TCP, MissingToken.reason)
-            self.fail(proto.ErrorCode.UNAUTHENTICATED, "this server requires a token")
+            self.server.metrics.auth_failed(TCP, MissingToken.reason)
+            self.fail(proto.ErrorCode.UNAUTHENTICATED, "this server requires a token", refused)
             return
         self.send(
             proto.Welcome(
@@ -483,7 +536,10 @@ class ClientConnection(asyncio.Protocol):
                 idle_timeout_ms=round(self.settings.idle_timeout * 1000),
             )
         )
-        log.info(
+        self._welcomed = self.codec.state is proto.State.READY
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        self.log.info(
             "%s: %r says hello%s",
             self.id,
             hello.client_name,
@@ -531,7 +587,7 @@ class ClientConnection(asyncio.Protocol):
         self._player = asyncio.get_running_loop().create_task(
             self._play_track(track, stream_id), name=f"tcp {self.id} track {track.id}"
         )
-        log.info("%s: playing %d %r as stream %d", self.id, track.id, track.title, stream_id)
+        self.log.info("%s: playing %d %r as stream %d", self.id, track.id, track.title, stream_id)
 
     async def _play_track(self, track: Track, stream_id: int) -> None:
         rooms = self.hub.rooms
@@ -550,10 +606,10 @@ class ClientConnection(asyncio.Protocol):
         except (OSError, sf.SoundFileError) as error:
             # The file went away or changed since it was listed: the peer's
             # news, not the server's failure.
-            log.warning("%s: cannot play %r: %s", self.id, track.title, error)
+            self.log.warning("%s: cannot play %r: %s", self.id, track.title, error)
             reason = proto.StreamEndReason.ERROR
         except Exception:
-            log.exception("%s: cannot play %r", self.id, track.title)
+            self.log.exception("%s: cannot play %r", self.id, track.title)
             reason = proto.StreamEndReason.ERROR
         self._player = None
         if self.codec.downlink_stream == stream_id:
@@ -590,7 +646,7 @@ class ClientConnection(asyncio.Protocol):
             await stack.enter_async_context(self.hub.attach(RoomListener(self, room)))
             self._room, self._room_id = stack.pop_all(), room.id
         self.send(proto.Joined(room.id))
-        log.info("%s: joined room %s", self.id, room.id)
+        self.log.info("%s: joined room %s", self.id, room.id)
 
     async def _leave(self, reason: proto.StreamEndReason) -> None:
         stack, room_id = self._room, self._room_id
@@ -616,14 +672,14 @@ class ClientConnection(asyncio.Protocol):
         packets_per_second = 1_000_000 / start.frame_duration_us
         # Real time, with a second of audio as burst for network jitter.
         self._feed_bucket = TokenBucket(packets_per_second, packets_per_second, self.hub.clock)
-        log.info("%s: publishing %r into room %s", self.id, title, room.id)
+        self.log.info("%s: publishing %r into room %s", self.id, title, room.id)
 
     async def _publish_packet(self, audio: proto.Audio) -> None:
         feed, bucket = self._feed, self._feed_bucket
         if feed is None or bucket is None or audio.stream_id != self._feed_uplink:
             return  # refused or cut: what crossed the refusal is discarded
         if not bucket.take():
-            self.metrics.rate_limited("tcp_audio")
+            self.server.metrics.rate_limited("tcp_audio")
             now = time.monotonic()
             if now - self._feed_warned >= 1.0:
                 self._feed_warned = now

@@ -9,5 +9,5 @@ from hub.audio.library import SoundLibrary
 
 @pytest.fixture(scope="session")
 def library() -> SoundLibrary:
-    """The committed mode sounds (``sounds/``), as the hub loads them."""
+    """The committed mode sounds (``hub/sounds/``), as the hub loads them."""
     return SoundLibrary.from_folder()

@@ -169,3 +169,43 @@ def test_cache_evicts_least_recently_used(library: SoundLibrary) -> None:
 def test_memory_estimate() -> None:
     # 60,000 packets of 160 B payload + 41 B overhead: about 12 MB.
     assert estimate_bytes(20 * 60, OpusSettings()) == 60_000 * (160 + 41)
+
+
+class OpenSound(Sound):
+    """Ten seconds of silence whose source says when it is let go."""
+
+    title = "open"
+    duration = 10.0
+    key = "test:open"
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def blocks(self) -> Iterator[Pcm]:
+        try:
+            for _ in range(10):
+                yield np.zeros(48_000, np.float32)
+        finally:
+            self.closed += 1  # a real source closes its file, drops its resampler
+
+
+@pytest.mark.asyncio
+async def test_closing_the_cache_lets_go_of_sources_encoded_part_of_the_way() -> None:
+    """A sound warmed (its first chunk encoded) but never played to the end
+    holds its source open; the hub's exit must not leave that to the
+    collector (soxr's resamplers, still alive at exit, are reported leaked)."""
+    cache = PacketCache()
+    sound, settings = OpenSound(), OpusSettings()
+    entry = cache.get(sound, settings)
+    entry.warm()
+    await entry.idle()
+    assert entry.packets and not entry.complete
+    assert sound.closed == 0
+    await cache.close()
+    assert sound.closed == 1
+    # Cut short, the entry cannot go on without a gap: it is replaced.
+    assert entry.failed
+    fresh = cache.get(sound, settings)
+    assert fresh is not entry
+    assert len(await read(fresh)) == 500
+    assert fresh.complete and sound.closed == 2

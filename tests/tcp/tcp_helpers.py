@@ -35,10 +35,12 @@ from stock_device import StockDevice
 from hub.audio.library import SoundLibrary
 from hub.audio.music import MusicFolder
 from hub.audio.sources import SAMPLE_RATE, FileSound, GeneratedSound, Pcm
+from hub.clock import Clock
 from hub.core.broker import Broker
 from hub.core.hub import Hub
 from hub.settings import DeviceSettings, Settings, StreamSettings
-from hub.tcp.server import StreamServer
+from hub.tcp.codec import ListResult, ListTracks
+from hub.tcp.server import ClientConnection, StreamServer
 
 SECRET = b"x" * 32
 
@@ -63,17 +65,24 @@ ALPHA, BRAVO, CHARLIE, DELTA = 1, 2, 3, 4
 ROOM_MODE_SECONDS = (2.0, 1.0)
 
 
-def tone(freq: float, seconds: float, amplitude: float = 0.4) -> Pcm:
+def tone(freq: float, seconds: float, amplitude: float = 0.4, samplerate: int = SAMPLE_RATE) -> Pcm:
     """A sine with 10 ms fades (no clicks), plus a soft overtone."""
-    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    t = np.arange(round(seconds * samplerate)) / samplerate
     fade = np.minimum(1.0, np.minimum(t, seconds - t) / 0.01)
     wave = amplitude * np.sin(2 * np.pi * freq * t) + 0.1 * np.sin(2 * np.pi * 2.01 * freq * t)
     out: Pcm = (fade * wave).astype(np.float32)
     return out
 
 
-def write_tone(path: Path, freq: float, seconds: float, subtype: str | None = None) -> Path:
-    sf.write(path, tone(freq, seconds), SAMPLE_RATE, subtype=subtype)
+def write_tone(
+    path: Path,
+    freq: float,
+    seconds: float,
+    subtype: str | None = None,
+    *,
+    samplerate: int = SAMPLE_RATE,
+) -> Path:
+    sf.write(path, tone(freq, seconds, samplerate=samplerate), samplerate, subtype=subtype)
     return path
 
 
@@ -142,11 +151,14 @@ async def serve(music: Path, room_library: SoundLibrary) -> AsyncIterator[Serve]
             grpc: bool = False,
             folder: Path | None = None,
             broker: Broker | None = None,
+            clock: Clock | None = None,
         ) -> Served:
             settings = Settings(
                 stream=stream or StreamSettings(), devices=devices or DeviceSettings()
             )
-            hub = Hub(settings, secret=SECRET, library=library or room_library, broker=broker)
+            hub = Hub(
+                settings, secret=SECRET, library=library or room_library, broker=broker, clock=clock
+            )
             grpc_address = None
             if grpc:
                 grpc_address, _ = await run_hub(stack, hub)
@@ -207,3 +219,20 @@ async def new_device(serve: Serve) -> AsyncIterator[NewDevice]:
             problems.append(str(error))
         await device.disconnect()
     assert not problems, problems
+
+
+async def list_tracks(client: RawClient) -> list[tuple[int, str, int | None]]:
+    """LIST, and every page of its answer: (id, title, duration in ms)."""
+    client.send(ListTracks())
+    tracks = []
+    while True:
+        page = await client.next(ListResult)
+        tracks += [(t.track_id, t.title, t.duration_ms) for t in page.tracks]
+        if not page.more:
+            return tracks
+
+
+def connection_of(server: StreamServer, client: RawClient) -> ClientConnection:
+    """The server's side of ``client``'s connection (found by its session id)."""
+    assert client.welcome is not None
+    return next(c for c in server.clients if c.id == client.welcome.session_id)

@@ -399,6 +399,31 @@ def test_oversized_length_is_refused_from_the_header_alone() -> None:
     assert conn.buffered == 0
 
 
+@pytest.mark.parametrize("after_hello", [False, True])
+def test_before_welcome_a_server_takes_at_most_8192_bytes(after_hello: bool) -> None:
+    """Section 2: until WELCOME the limit is 8,192 bytes, whatever the server
+    will announce, and a longer length is refused from its header alone."""
+    conn = Connection(Role.SERVER)  # will announce 64 KiB
+    if after_hello:
+        assert feed(conn, encode(Hello(1, "t"))) == [Hello(1, "t")]
+    assert conn.receive_limit == MIN_MAX_FRAME_SIZE
+    event = violation(conn, (MIN_MAX_FRAME_SIZE + 1).to_bytes(4))
+    assert event.code is ErrorCode.FRAME_TOO_LARGE
+    assert conn.error is not None and conn.error.request is None
+    assert conn.buffered == 0
+
+
+def test_the_announced_limit_applies_from_welcome_on() -> None:
+    conn = Connection(Role.SERVER)
+    assert feed(conn, MIN_MAX_FRAME_SIZE.to_bytes(4)) == []  # 8,192: waits for its body
+    conn = ready(Role.SERVER)
+    assert conn.receive_limit == DEFAULT_MAX_FRAME_SIZE
+    assert feed(conn, (MIN_MAX_FRAME_SIZE + 1).to_bytes(4)) == []  # waits for its body
+    assert conn.buffered == HEADER_SIZE
+    client = Connection(Role.CLIENT)  # servers may send up to 64 KiB from the start
+    assert client.receive_limit == DEFAULT_MAX_FRAME_SIZE
+
+
 def test_largest_frame_is_accepted_byte_by_byte() -> None:
     conn = ready(Role.SERVER, max_frame_size=MIN_MAX_FRAME_SIZE)
     frames = encode(PublishStart(5, "r")) + encode(Audio(5, 1, b"\xaa" * (MIN_MAX_FRAME_SIZE - 9)))

@@ -31,6 +31,8 @@ from tcp_helpers import (
     NewDevice,
     Serve,
     Served,
+    connection_of,
+    list_tracks,
     noise_sound,
     tone,
     write_tone,
@@ -42,6 +44,7 @@ from hub.audio.opus import OpusSettings, encode_blocks
 from hub.audio.sources import FileSound
 from hub.audio.testing import best_correlation, decode_packets, read_all
 from hub.core.broker import MemoryBroker
+from hub.core.events import LeaveReason
 from hub.core.rooms import audio_channel
 from hub.core.roomstate import Input
 from hub.settings import DeviceSettings, StreamSettings
@@ -70,19 +73,9 @@ from hub.tcp.codec import (
     StreamStart,
     encode,
 )
-from hub.tcp.server import ClientConnection, StreamServer
+from hub.tcp.server import ClientConnection
 
 pytestmark = pytest.mark.asyncio
-
-
-async def list_tracks(client: RawClient) -> list[tuple[int, str, int | None]]:
-    client.send(ListTracks())
-    tracks = []
-    while True:
-        page = await client.next(ListResult)
-        tracks += [(t.track_id, t.title, t.duration_ms) for t in page.tracks]
-        if not page.more:
-            return tracks
 
 
 # -- handshake -----------------------------------------------------------------
@@ -140,16 +133,25 @@ async def test_bad_token_is_refused_even_when_optional(serve: Serve, connect: Co
     assert (await client.fatal_error()).code is ErrorCode.UNAUTHENTICATED
 
 
-async def test_logout_ends_the_connection(serve: Serve, connect: Connect) -> None:
+@pytest.mark.parametrize(
+    ("reason", "text"), [(LeaveReason.LOGOUT, "logged out"), (LeaveReason.EXPIRED, "token expired")]
+)
+async def test_the_sessions_end_ends_the_connection(
+    serve: Serve, connect: Connect, reason: LeaveReason, text: str
+) -> None:
+    """Logout, or expiry (ended as its timer ends it, without waiting a lifetime)."""
     served = await serve(StreamSettings(require_token=True))
     session, token = served.hub.sessions.create("alice")
     alice = await connect(served.address, token=token)
     bystander = await connect(served.address, token=served.hub.sessions.create("bob")[1])
     alice.send(Play(ALPHA))
     await alice.next(StreamStart)
-    served.hub.sessions.revoke(token)
+    if reason is LeaveReason.LOGOUT:
+        served.hub.sessions.revoke(token)  # what Logout does
+    else:
+        served.hub.sessions.end(session, reason)  # what the expiry timer does
     error = await alice.fatal_error()
-    assert error.code is ErrorCode.UNAUTHENTICATED
+    assert (error.code, error.text) == (ErrorCode.UNAUTHENTICATED, text)
     assert alice.eof
     await eventually(lambda: not session.streams, "the session has no stream left")
     bystander.send(Ping(1))
@@ -619,11 +621,6 @@ async def test_clients_come_and_go_while_others_stream(serve: Serve, connect: Co
 
 
 # -- slow clients -------------------------------------------------------------------
-
-
-def connection_of(server: StreamServer, client: RawClient) -> ClientConnection:
-    assert client.welcome is not None
-    return next(c for c in server.clients if c.id == client.welcome.session_id)
 
 
 def record_peak_buffer(connection: ClientConnection) -> Callable[[], int]:

@@ -59,6 +59,18 @@ def encode_event(pub: Publication) -> bytes:
     return response.SerializeToString()
 
 
+def session_of(hub: Hub, context: grpc.aio.ServicerContext, metrics: Metrics, door: str) -> Session:
+    """The session of the call's token; a refusal is counted for ``door``, then raised."""
+    try:
+        token = metadata_value(context, TOKEN_HEADER)
+        if token is None:
+            raise MissingToken("missing token header")
+        return hub.sessions.authenticate(token)
+    except HubError as error:
+        metrics.refused(door, error)
+        raise
+
+
 class ChatService:
     def __init__(self, hub: Hub, metrics: Metrics | None = None) -> None:
         self._hub = hub
@@ -110,14 +122,8 @@ class ChatService:
         self, requests: AsyncIterator[chat_pb2.StreamRequest], context: grpc.aio.ServicerContext
     ) -> Responses:
         metrics = self._metrics
-        try:
-            token = metadata_value(context, TOKEN_HEADER)
-            if token is None:
-                raise MissingToken("missing token header")
-            session = self._hub.chat.authenticate(token)
-        except HubError as error:
-            metrics.refused(CHAT, error)
-            await abort(context, error)
+        # A HubError raised here is the call's status (hub.rpc.methods).
+        session = session_of(self._hub, context, metrics, CHAT)
         set_context(session=session.id, peer=context.peer())
         log.debug("stream opened")
         if self._hub.closing:

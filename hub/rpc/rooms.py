@@ -18,14 +18,14 @@ from hub.core.rooms import Room
 from hub.core.roomstate import Input
 from hub.core.sessions import Session
 from hub.core.subscription import Overflow
-from hub.errors import HubError, InvalidArgument, MissingToken, SlowConsumer
+from hub.errors import HubError, InvalidArgument, SlowConsumer
 from hub.logs import set_context
 from hub.metrics import ROOMS, Metrics
 from hub.proto import chat_pb2
-from hub.rpc.chat import TOKEN_HEADER
+from hub.rpc.chat import session_of
 from hub.rpc.methods import Methods, Responses
 from hub.rpc.sessionbound import bound_to
-from hub.rpc.status import abort, metadata_value
+from hub.rpc.status import abort
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,7 @@ class RoomsService:
         self._metrics = metrics or Metrics()
 
     def _session(self, context: grpc.aio.ServicerContext) -> Session:
-        try:
-            token = metadata_value(context, TOKEN_HEADER)
-            if token is None:
-                raise MissingToken("missing token header")
-            session = self._hub.sessions.authenticate(token)
-        except HubError as error:
-            self._metrics.refused(ROOMS, error)
-            raise
+        session = session_of(self._hub, context, self._metrics, ROOMS)
         set_context(session=session.id, peer=context.peer())
         return session
 

@@ -152,7 +152,7 @@ def install_variants(variants: set[str]) -> None:
             music = self.server.music
             rooms = self.hub.rooms
             for track in [] if music is None else list(music._tracks.values()):
-                entry = rooms.cache.get(track.sound, rooms.opus)
+                entry = rooms.encoded(track.sound)
                 if entry.shared and not entry.packets and not entry.complete:
                     entry._start_fill(entry.chunk_packets)
 

@@ -7,14 +7,19 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hub.audio.library import SoundLibrary
 from hub.audio.music import MusicFolder
 from hub.core.hub import Hub
+from hub.core.tokens import SECRET_ENV, SECRET_FILE_ENV
 from hub.metrics import Metrics, MetricsServer, PrometheusMetrics
 from hub.rpc.server import BindError, GrpcServer
 from hub.settings import Settings
 from hub.tcp.server import StreamServer
+
+if TYPE_CHECKING:
+    from hub.backplane import Backplane
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,31 @@ class Addresses:
     stream: str | None = "0.0.0.0:8080"
 
 
+class StartError(Exception):
+    """The hub cannot start as asked; the message says why in one line."""
+
+
+def backplane_for(url: str, settings: Settings, *, shared_secret: bool) -> Backplane:
+    """The Redis backplane at ``url`` (``--redis``), once its preconditions hold.
+
+    ``shared_secret``: the token signing secret was given (not made up per
+    process), so tokens from one hub are good at the others.
+    """
+    if not shared_secret:
+        raise StartError(
+            f"--redis needs the token signing secret every hub shares: "
+            f"set {SECRET_ENV} or {SECRET_FILE_ENV}"
+        )
+    try:
+        from hub.backplane import Backplane
+    except ImportError:
+        raise StartError("--redis needs the redis package: pip install 'hub[redis]'") from None
+    try:
+        return Backplane(url, settings)
+    except ValueError as error:  # redis-py's word on a malformed URL
+        raise StartError(f"--redis: {error}") from None
+
+
 class App:
     def __init__(
         self,
@@ -40,12 +70,27 @@ class App:
         secret: bytes | None = None,
         library: SoundLibrary | None = None,
         music: MusicFolder | None = None,
+        backplane: Backplane | None = None,
     ) -> None:
         self.settings = settings
         self.addresses = addresses
+        self.backplane = backplane
         operator = settings.operator
         self.metrics = PrometheusMetrics() if operator.metrics_address else Metrics()
-        self.hub = Hub(settings, secret=secret, library=library, observer=self.metrics)
+        if backplane is None:
+            self.hub = Hub(settings, secret=secret, library=library, observer=self.metrics)
+        else:
+            self.hub = Hub(
+                settings,
+                secret=secret,
+                library=library,
+                broker=backplane.broker,
+                session_store=backplane.sessions,
+                presence=backplane.presence,
+                observer=self.metrics,
+            )
+            backplane.on_state = self.set_backplane
+            backplane.on_lag = self.metrics.backplane_lag
         self.grpc = (
             GrpcServer(
                 self.hub, addresses.grpc, metrics=self.metrics, reflection=operator.reflection
@@ -60,6 +105,7 @@ class App:
         self.metrics_server = (
             MetricsServer(self.metrics.registry) if self.metrics.registry is not None else None
         )
+        self._backplane_up = True
         self._stop = asyncio.Event()
 
     async def grpc_stop_now(self) -> None:
@@ -70,11 +116,14 @@ class App:
         self._stop.set()
 
     def set_backplane(self, up: bool) -> None:
-        """The backplane (a broker shared by several hubs) is reachable or not.
+        """The backplane (Redis, shared by several hubs) became reachable or not.
 
-        While it is not, health says NOT_SERVING: this hub would serve a
-        room cut off from the other hubs' members.
+        While it is not, health says NOT_SERVING: this hub would serve rooms
+        cut off from the other hubs' members. Its return is a reconnection.
         """
+        if up and not self._backplane_up:
+            self.metrics.backplane_reconnected()
+        self._backplane_up = up
         self.metrics.backplane_up(up)
         if self.grpc is not None:
             self.grpc.health.set_backplane(up)
@@ -85,7 +134,27 @@ class App:
         on_stopping: Callable[[], None] | None = None,
     ) -> None:
         """Serve until SIGINT or SIGTERM; ``on_started`` gets the bound addresses
-        (gRPC ones first, then the stream one, then the metrics one)."""
+        (gRPC ones first, then the stream one, then the metrics one). Raises
+        ``StartError`` when the backplane is out of reach."""
+        if self.backplane is not None:
+            from hub.backplane import BackplaneError
+
+            try:
+                await self.backplane.start()
+            except BackplaneError as error:
+                await self.backplane.close()
+                raise StartError(str(error)) from None
+        try:
+            await self._serve(on_started, on_stopping)
+        finally:
+            if self.backplane is not None:
+                await self.backplane.close()
+
+    async def _serve(
+        self,
+        on_started: Callable[[list[str]], Awaitable[None]] | None,
+        on_stopping: Callable[[], None] | None,
+    ) -> None:
         await self.hub.start()
         bound = await self.grpc.start() if self.grpc else []
         try:

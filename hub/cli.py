@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from hub import logs
-from hub.app import Addresses, App
+from hub.app import Addresses, App, StartError, backplane_for
 from hub.audio.library import SoundLibrary, default_sounds_folder
 from hub.audio.music import MusicFolder
 from hub.audio.opus import OpusSettings
@@ -36,6 +36,7 @@ from hub.core.chat import CHANNEL
 from hub.core.events import UserJoined, UserLeft
 from hub.core.subscription import Overflow
 from hub.core.tokens import SECRET_ENV, SECRET_FILE_ENV, load_secret
+from hub.errors import Unavailable
 from hub.lines import PROCESS, SERVER, Printer
 from hub.rpc.server import BindError
 from hub.settings import ChatSettings, DeviceSettings, OperatorSettings, Settings, StreamSettings
@@ -133,11 +134,20 @@ async def serve(config: Config, printer: Printer) -> int:
     stream_address = None if config.stream_address == "none" else config.stream_address
     try:
         settings = settings_from(config)
+        backplane = (
+            backplane_for(
+                config.redis,
+                settings,
+                shared_secret=bool(config.token_secret or config.token_secret_file),
+            )
+            if config.redis
+            else None
+        )
         secret = load_secret(
             {SECRET_ENV: config.token_secret, SECRET_FILE_ENV: config.token_secret_file}
         )
         library = SoundLibrary.from_folder(config.sounds or None, with_long=config.long_sound)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, StartError) as error:
         printer.line(PROCESS, str(error))
         return 1
     app = App(
@@ -146,21 +156,34 @@ async def serve(config: Config, printer: Printer) -> int:
         secret=secret,
         library=library,
         music=MusicFolder(config.music or default_sounds_folder()),
+        backplane=backplane,
     )
     if not config.password:
         log.warning("no password set (-p): anyone who reaches the server can log in")
 
     async def print_sessions() -> None:
-        # The server's transcript is one more subscriber of the room.
-        async with app.hub.subscribe(
-            CHANNEL, maxlen=65536, overflow=Overflow.DISCONNECT, label="transcript"
-        ) as room:
-            async for pub in room:
-                event = pub.event
-                if isinstance(event, UserJoined):
-                    printer.line(SERVER, f"{event.session_id} ({event.name}) has logged in")
-                elif isinstance(event, UserLeft):
-                    printer.line(SERVER, f"{event.session_id} ({event.name}) has logged out")
+        # The server's transcript is one more subscriber of the room; with
+        # --redis it may be ended (events lost between hubs, logged) and
+        # subscribes again.
+        while not app.hub.closing:
+            subscribed = False
+            try:
+                async with app.hub.subscribe(
+                    CHANNEL, maxlen=65536, overflow=Overflow.DISCONNECT, label="transcript"
+                ) as room:
+                    subscribed = True
+                    async for pub in room:
+                        event = pub.event
+                        if isinstance(event, UserJoined):
+                            printer.line(SERVER, f"{event.session_id} ({event.name}) has logged in")
+                        elif isinstance(event, UserLeft):
+                            printer.line(
+                                SERVER, f"{event.session_id} ({event.name}) has logged out"
+                            )
+                    return
+            except Unavailable:
+                if not subscribed:  # Redis is out of reach: try again in a while
+                    await asyncio.sleep(1.0)
 
     async def started(bound: list[str]) -> None:
         tune_gc()
@@ -178,6 +201,9 @@ async def serve(config: Config, printer: Printer) -> int:
         await app.run(started, on_stopping=lambda: printer.line(SERVER, "shutting down"))
     except BindError as error:
         printer.line(PROCESS, f"server unable to bind on provided host: {error}")
+        return 1
+    except StartError as error:
+        printer.line(PROCESS, str(error))
         return 1
     return 0
 

@@ -177,6 +177,7 @@ class Option:
     # False keeps it off the command line, where every user of the machine
     # can read it (ps): a secret that is not the reference's -p.
     as_flag: bool = True
+    env_name: str = ""  # the variable's name where HUB_NAME would not say enough
 
     @property
     def flag(self) -> str:
@@ -184,7 +185,7 @@ class Option:
 
     @property
     def env(self) -> str:
-        return ENV_PREFIX + self.name.upper()
+        return self.env_name or ENV_PREFIX + self.name.upper()
 
     @property
     def key(self) -> str:
@@ -252,6 +253,16 @@ OPTIONS: tuple[Option, ...] = (
         "",
         "file holding the token signing secret, read when token_secret is ''",
         SERVER,
+    ),
+    Option(
+        "redis",
+        TEXT,
+        "",
+        "act as one hub with every hub on this Redis (redis://, rediss://; a password "
+        "in the URL); needs the shared token_secret or token_secret_file",
+        SERVER,
+        secret=True,  # the URL may hold Redis's password
+        env_name="HUB_REDIS_URL",
     ),
     Option(
         "rate",

@@ -70,10 +70,11 @@ def outcome_of(error: HubError) -> str:
 
 
 def channel_kind(channel: str) -> str:
-    """A channel as a bounded label: ``chat``, ``room_status``, ``room_audio``."""
+    """A channel as a bounded label: ``chat``, ``room_status``, ``room_audio``,
+    ``control`` (sessions' ends between hubs)."""
     if channel.startswith("room:"):
         return "room_" + channel.rpartition(":")[2]
-    return channel if channel == "chat" else "other"
+    return channel if channel in ("chat", "control") else "other"
 
 
 class WriteLatency:
@@ -265,7 +266,7 @@ class PrometheusMetrics(Metrics):
         # Children bound once: labels() costs a lock and a dict look-up per call.
         self._delivered_to = {
             kind: self._delivered.labels(kind)
-            for kind in ("chat", "room_status", "room_audio", "other")
+            for kind in ("chat", "room_status", "room_audio", "control", "other")
         }
         self._paced = {source: self._audio_sent.labels(source) for source in ("room", "music")}
         self._open = {door: self._open_streams.labels(door) for door in (CHAT, ROOMS, DEVICES, TCP)}

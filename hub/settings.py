@@ -100,6 +100,33 @@ class StreamSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BackplaneSettings:
+    """Several hubs as one, through Redis (``--redis``; hub/backplane/)."""
+
+    # Entries each channel's Redis stream keeps (MAXLEN ~). A hub that lost
+    # its connection resumes from where it stopped if what it missed is still
+    # there: 10,000 lines is over a minute of the busiest chat we measured,
+    # and a few MB of Redis memory per channel.
+    history: int = 10_000
+    # A hub refreshes its liveness key this often, and sweeps for sessions due
+    # to end (departure, expiry): the precision of the grace period.
+    heartbeat: float = 0.5
+    # A hub whose key is older than this is dead, and its streams are counted
+    # gone: long enough to ride out a pause of a few heartbeats (a GC, a busy
+    # machine), short enough that a SIGKILLed hub's users are missed promptly.
+    hub_ttl: float = 3.0
+    # Connecting and each command: Login while Redis is unreachable must
+    # answer UNAVAILABLE at once, not hang; Redis answers in well under 1 ms.
+    connect_timeout: float = 1.0
+    command_timeout: float = 2.0
+    # The one read loop blocks this long for news before asking again.
+    block: float = 1.0
+    # Reconnecting: first retry after the minimum, doubling up to the maximum.
+    backoff_min: float = 0.05
+    backoff_max: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class OperatorSettings:
     """What operators' tools see: metrics and gRPC reflection (health is always on)."""
 
@@ -118,4 +145,5 @@ class Settings:
     chat: ChatSettings = field(default_factory=ChatSettings)
     devices: DeviceSettings = field(default_factory=DeviceSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
+    backplane: BackplaneSettings = field(default_factory=BackplaneSettings)
     operator: OperatorSettings = field(default_factory=OperatorSettings)

@@ -2,17 +2,23 @@
 
 Every process's standard error is read line by line by a thread; ``expect``
 waits for the next line matching a pattern, with a deadline (scaled by
-``HUB_TEST_TIMEOUT_FACTOR``), and fails with the transcript so far. Nothing
-here sleeps to synchronise. Servers listen on 127.0.0.1 only.
+``HUB_TEST_TIMEOUT_FACTOR``), and fails with the transcript so far. A client
+can also run on a pseudo-terminal (``Terminal``): keystrokes in, screen out.
+Nothing here sleeps to synchronise. Servers listen on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import pty
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Sequence
@@ -132,6 +138,16 @@ class Proc:
         """Wait for ``[TIME] text`` exactly."""
         return self.expect(rf"{TIME} {re.escape(text)}", seconds)
 
+    def join(self, name: str) -> None:
+        """Wait until this client, ``name``, is in the room: a line of its own came back.
+
+        A client says "connected to stream" once its call has started; only
+        an event through the stream shows that the server has it in the room.
+        """
+        self.expect_line("<<Client>>: connected to stream")
+        self.send(f"{name} is here")
+        self.expect_line(f"{name}: {name} is here")
+
     def transcript(self) -> list[str]:
         with self._changed:
             return [normalize(line) for line in self.lines]
@@ -176,6 +192,7 @@ class Procs:
     def __init__(self, hub: Sequence[str] = HUB) -> None:
         self.hub = list(hub)
         self.started: list[Proc] = []
+        self.terminals: list[Terminal] = []
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> Proc:
         proc = Proc([*self.hub, *args], env=env)
@@ -191,6 +208,103 @@ class Procs:
     def client(self, port: int, name: str, password: str = PASSWORD) -> Proc:
         return self.start("-h", f"127.0.0.1:{port}", "-p", password, "-n", name)
 
+    def terminal(self, port: int, name: str, password: str = PASSWORD) -> Terminal:
+        """A client on a pseudo-terminal of its own, as a person runs it."""
+        terminal = Terminal([*self.hub, "-h", f"127.0.0.1:{port}", "-p", password, "-n", name])
+        self.terminals.append(terminal)
+        return terminal
+
     def stop_all(self) -> None:
         for proc in self.started:
             proc.stop()
+        for terminal in self.terminals:
+            terminal.stop()
+
+
+# -- a client on a pseudo-terminal ------------------------------------------------
+
+ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-Za-z]|[=>78])")
+
+
+class Terminal:
+    """A client on a pseudo-terminal: keystrokes in, screen bytes out."""
+
+    def __init__(self, argv: list[str]) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+        env = hub_env(TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1")
+        env.pop("NO_COLOR", None)
+        # Standard output is not the terminal: the prompt and every line must
+        # go to standard error, as the reference's lines do.
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env=env,
+            start_new_session=True,
+        )
+        os.close(slave)
+        self.master = master
+        self.output = bytearray()
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError as error:  # EIO: the other side is closed
+                assert error.errno == errno.EIO
+                chunk = b""
+            with self._changed:
+                if not chunk:
+                    self._changed.notify_all()
+                    return
+                self.output += chunk
+                self._changed.notify_all()
+
+    def screen_text(self) -> str:
+        """Everything written so far, without escape sequences."""
+        with self._changed:
+            raw = bytes(self.output)
+        return ANSI.sub("", raw.decode("utf-8", "replace"))
+
+    def wait_for(self, pattern: str, start: int = 0, seconds: float = 10.0) -> int:
+        """Wait until ``pattern`` is on screen after ``start``; where the match ends.
+
+        Positions are in ``screen_text()``.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout(seconds)
+        with self._changed:
+            while not (match := regex.search(self.screen_text(), start)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"timed out waiting for {pattern!r}; screen:\n{self.screen_text()!r}"
+                    )
+                self._changed.wait(left)
+            return match.end()
+
+    def type(self, keys: str) -> None:
+        os.write(self.master, keys.encode())
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self, seconds: float = 10.0) -> int:
+        """The exit status; also waits until all it wrote is read."""
+        status = self.popen.wait(timeout(seconds))
+        self._reader.join(timeout(seconds))
+        return status
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait()
+        self._reader.join(timeout(5))
+        os.close(self.master)
+        assert self.popen.stdout is not None
+        self.popen.stdout.close()

@@ -1,4 +1,4 @@
-"""A protocol-level stand-in for the stock device client (wire-contracts.md).
+"""A protocol-level stand-in for the stock device client (docs/devices.md).
 
 It behaves as the stock PyQt client does on the wire, traps included, and
 records every way a server could hurt the real device instead of hiding it:

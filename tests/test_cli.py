@@ -10,25 +10,18 @@ printer's handling of hostile text) are unit tested at the end.
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import io
-import os
-import pty
 import re
 import signal
 import socket
-import struct
-import subprocess
-import termios
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
-from cli_helpers import PASSWORD, SESSION, TIME, Procs, hub_env, timeout
+from chat_helpers import wait_subscribers
+from cli_helpers import PASSWORD, SESSION, TIME, Procs, timeout
 
 from clients.py_cli.chat import Line, event_line
 from clients.py_cli.chat_client import ChatClient, error_text, rpc_error_text
@@ -58,13 +51,14 @@ def test_two_clients_and_a_server_print_the_reference_lines(procs: Procs) -> Non
     server, port = procs.server()
 
     alice = procs.client(port, "alice")
-    alice.expect_line("<<Client>>: connected to stream")
+    alice.join("alice")
     alice_login = server.expect(rf"{TIME} <<Server>>: ({SESSION}) \(alice\) has logged in")
 
     bob = procs.client(port, "bob")
-    bob.expect_line("<<Client>>: connected to stream")
+    bob.join("bob")
     bob_login = server.expect(rf"{TIME} <<Server>>: ({SESSION}) \(bob\) has logged in")
     alice.expect_line("<<Server>>: bob has logged in")
+    alice.expect_line("bob: bob is here")
 
     alice.send("hi")
     alice.expect_line("alice: hi")
@@ -97,7 +91,9 @@ def test_two_clients_and_a_server_print_the_reference_lines(procs: Procs) -> Non
     assert alice.transcript() == [
         "[TIME] <<Client>>: logged in successfully",
         "[TIME] <<Client>>: connected to stream",
+        "[TIME] alice: alice is here",
         "[TIME] <<Server>>: bob has logged in",
+        "[TIME] bob: bob is here",
         "[TIME] alice: hi",
         "[TIME] bob: ",
         "[TIME] <<Server>>: bob has logged out",
@@ -107,6 +103,7 @@ def test_two_clients_and_a_server_print_the_reference_lines(procs: Procs) -> Non
     assert bob.transcript() == [
         "[TIME] <<Client>>: logged in successfully",
         "[TIME] <<Client>>: connected to stream",
+        "[TIME] bob: bob is here",
         "[TIME] alice: hi",
         "[TIME] bob: ",
         "[TIME] <<Client>>: logging out",
@@ -119,7 +116,7 @@ def test_two_clients_and_a_server_print_the_reference_lines(procs: Procs) -> Non
 def test_lines_piped_then_end_of_input_are_delivered_before_logout(procs: Procs) -> None:
     _, port = procs.server()
     watcher = procs.client(port, "watcher")
-    watcher.expect_line("<<Client>>: connected to stream")
+    watcher.join("watcher")
 
     writer = procs.client(port, "writer")
     for line in ("one", "two", "three"):
@@ -215,9 +212,11 @@ def test_a_server_that_cannot_bind_says_so(procs: Procs, door: str) -> None:
     ("server_args", "lines", "error"),
     [
         (
-            (),
-            ["x" * 5000],
-            "code = InvalidArgument desc = message must be at most 4096 bytes",
+            # Within the default bounds, which the client checks itself; not
+            # within this server's.
+            ("--max-message-bytes", "100"),
+            ["x" * 200],
+            "code = InvalidArgument desc = message must be at most 100 bytes",
         ),
         (
             ("--rate", "1", "--burst", "2"),
@@ -253,7 +252,7 @@ def test_a_stream_ended_by_the_server_is_a_stream_error(
 def test_names_and_messages_from_peers_are_shown_literally(procs: Procs) -> None:
     _, port = procs.server()
     alice = procs.client(port, "alice")
-    alice.expect_line("<<Client>>: connected to stream")
+    alice.join("alice")
 
     # A raw gRPC client: the server accepts markup and format characters
     # (it refuses control characters, see the unit test below for those).
@@ -273,7 +272,7 @@ def test_names_and_messages_from_peers_are_shown_literally(procs: Procs) -> None
         stub.Logout(chat_pb2.LogoutRequest(token=token), timeout=5)
 
     alice.expect_line("<<Server>>: [bold]x[/bold] has logged out")
-    assert alice.transcript()[2:] == [
+    assert alice.transcript()[3:] == [
         "[TIME] <<Server>>: [bold]x[/bold] has logged in",
         "[TIME] [bold]x[/bold]: [red]hi[/red] evil\\u200b é",
         "[TIME] <<Server>>: [bold]x[/bold] has logged out",
@@ -282,104 +281,18 @@ def test_names_and_messages_from_peers_are_shown_literally(procs: Procs) -> None
 
 # -- an interactive terminal ------------------------------------------------------
 
-ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-Za-z]|[=>78])")
 
-
-class Terminal:
-    """A client on a pseudo-terminal: keystrokes in, screen bytes out."""
-
-    def __init__(self, argv: list[str]) -> None:
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
-        env = hub_env(TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1")
-        env.pop("NO_COLOR", None)
-        # Standard output is not the terminal: the prompt and every line must
-        # go to standard error, as the reference's lines do.
-        self.popen = subprocess.Popen(
-            argv,
-            stdin=slave,
-            stdout=subprocess.PIPE,
-            stderr=slave,
-            env=env,
-            start_new_session=True,
-        )
-        os.close(slave)
-        self.master = master
-        self.output = bytearray()
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self.master, 65536)
-            except OSError as error:  # EIO: the other side is closed
-                assert error.errno == errno.EIO
-                chunk = b""
-            with self._changed:
-                if not chunk:
-                    self._changed.notify_all()
-                    return
-                self.output += chunk
-                self._changed.notify_all()
-
-    def screen_text(self) -> str:
-        """Everything written so far, without escape sequences."""
-        with self._changed:
-            raw = bytes(self.output)
-        return ANSI.sub("", raw.decode("utf-8", "replace"))
-
-    def wait_for(self, pattern: str, start: int = 0, seconds: float = 10.0) -> int:
-        """Wait until ``pattern`` is on screen after ``start``; where the match ends.
-
-        Positions are in ``screen_text()``.
-        """
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout(seconds)
-        with self._changed:
-            while not (match := regex.search(self.screen_text(), start)):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"timed out waiting for {pattern!r}; screen:\n{self.screen_text()!r}"
-                    )
-                self._changed.wait(left)
-            return match.end()
-
-    def type(self, keys: str) -> None:
-        os.write(self.master, keys.encode())
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait()
-        self._reader.join(timeout(5))
-        os.close(self.master)
-        assert self.popen.stdout is not None
-        self.popen.stdout.close()
-
-
-@pytest.fixture
-def terminals() -> Iterator[list[Terminal]]:
-    opened: list[Terminal] = []
-    yield opened
-    for terminal in opened:
-        terminal.stop()
-
-
-def test_a_half_typed_line_survives_incoming_messages(
-    procs: Procs, terminals: list[Terminal]
-) -> None:
+def test_a_half_typed_line_survives_incoming_messages(procs: Procs) -> None:
     _, port = procs.server()
     bob = procs.client(port, "bob")
-    bob.expect_line("<<Client>>: connected to stream")
+    bob.join("bob")
 
-    alice = Terminal([*procs.hub, "-h", f"127.0.0.1:{port}", "-p", PASSWORD, "-n", "alice"])
-    terminals.append(alice)
+    alice = procs.terminal(port, "alice")
     mark = alice.wait_for(r"<<Client>>: connected to stream")
     mark = alice.wait_for(r"\n>", mark)  # the prompt is up
     assert b"\x1b[" in alice.output  # a terminal gets colour
+    alice.type("here\r")
+    mark = alice.wait_for(r"alice: here", mark)  # in the room
 
     alice.type("half")
     mark = alice.wait_for(r"half", mark)
@@ -474,7 +387,8 @@ async def test_chat_client_against_a_served_hub(hub_server: Any) -> None:
         for client, name in ((alice, "alice"), (bob, "bob")):
             await client.connect()
             await client.login(name, PASSWORD)
-            await client.open_stream()
+            client.open_stream()
+        await wait_subscribers(hub_server.hub, 2)  # both streams are in the room
         events = alice.events()
 
         async def next_event(kind: str) -> chat_pb2.StreamResponse:

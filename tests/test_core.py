@@ -292,6 +292,7 @@ async def test_the_observer_hears_of_deliveries_once_per_publication() -> None:
     assert observer.calls == [
         ("delivered", ("room", 3)),
         ("session_ended", LeaveReason.LOGOUT),
+        ("delivered", ("control", 1)),  # the news to this hub's own control sink
     ]
     await hub.close()
 
@@ -375,13 +376,13 @@ async def test_chat_login_logout_and_messages_through_the_core() -> None:
         with pytest.raises(InvalidArgument, match="username is required"):
             await hub.chat.login("", "pw")
         session, token = await hub.chat.login("alice", "pw")
-        assert hub.chat.authenticate(token) is session
+        assert await hub.chat.authenticate(token) is session
         await hub.chat.say(session, "hello")
         await hub.chat.logout(token)
         with pytest.raises(NotFound, match="token not found"):
             await hub.chat.logout(token)
         with pytest.raises(Unauthenticated, match="invalid token"):
-            hub.chat.authenticate(token)
+            await hub.chat.authenticate(token)
         # Announcing the departure runs in the background.
         events = [(await asyncio.wait_for(anext(room), timeout())).event for _ in range(3)]
     sid = session.id
@@ -444,7 +445,8 @@ def test_token_bucket_rate_zero_is_unlimited() -> None:
 def test_token_issuer_verifies_and_expires_on_its_clock() -> None:
     clock = FakeClock(now=1_000_000.5)
     issuer = TokenIssuer(SECRET, ttl=60.0, clock=clock)
-    token, expires = issuer.issue("abcd1234", "alice")
+    expires = issuer.expiry()
+    token = issuer.issue("abcd1234", "alice", expires)
     claims = issuer.verify(token)
     assert (claims.session_id, claims.name, claims.expires) == ("abcd1234", "alice", expires)
     assert 60.0 <= expires - clock.now <= 61.0

@@ -724,7 +724,7 @@ async def test_token_in_hello(serve: Serve, clis: list[Cli]) -> None:
         err == "hub-listen: the server refused us: unauthenticated: this server requires a token\n"
     )
 
-    _, token = served.hub.sessions.create("alice")
+    _, token = await served.hub.sessions.create("alice")
     cli = await run_cli(
         clis, "127.0.0.1", str(served.port), "--no-speaker", "--token", token, "--name", "test"
     )

@@ -52,7 +52,7 @@ def test_committed_stubs_match_the_protos(tmp_path: Path) -> None:
     assert not stale, f"stale stubs {stale}: run scripts/gen-protos"
 
 
-# -- The contract tables (shared/spec/wire-contracts.md) ----------------------------------
+# -- The contract tables: the reference's and the stock device's wire (docs/devices.md) --
 #
 # message -> field -> (number, type, message or enum type name, oneof name)
 

@@ -1,7 +1,9 @@
 """The terminal chat client: the reference client's lines, behaviour and exit status.
 
-``run_client`` dials, logs in and opens the stream; ``converse`` then prints
-the room's events while sending every typed line, until one of:
+``run_client`` takes input from the start, dials, logs in and starts the
+stream, printing ``connected to stream`` at once (as the reference does: a
+server need not send a stream's headers before its first event); ``converse``
+then prints the room's events while sending every typed line, until one of:
 
 - end of input (Ctrl-D, end of a pipe), Ctrl-C, SIGINT or SIGTERM: it prints
   ``logging out``, logs out and exits 0;
@@ -10,7 +12,14 @@ the room's events while sending every typed line, until one of:
 - the stream failing with a status: ``logging out``, Logout, then one
   ``<<Process>>: stream error: rpc error: ...`` line and exit 1.
 
-The protocol is ``ChatClient``'s; where lines come from is ``terminal``'s.
+A typed line the server would refuse (a control character, too long: the
+server's own check at its default bounds) is not sent; one line says why, and
+the session goes on. The rest are paced to the server's default rate limit, so
+a paste longer than its burst is sent whole rather than cut off. Whatever was
+typed but not sent when the session ends is shown (``not sent: ...``).
+
+The protocol is ``ChatClient``'s; where lines come from is ``terminal``'s;
+how they go out is ``outbox``'s.
 """
 
 from __future__ import annotations
@@ -19,18 +28,13 @@ import argparse
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 import grpc
 
-from clients.py_cli.chat_client import (
-    ChatClient,
-    ConnectTimeout,
-    StreamEnded,
-    error_text,
-    rpc_error_text,
-)
+from clients.py_cli.chat_client import ChatClient, ConnectTimeout, error_text, rpc_error_text
+from clients.py_cli.outbox import OUTBOX_MAX, PACE_BURST, PACE_RATE, Outbox, Pacer
 from clients.py_cli.rooms import RoomControl
 from clients.py_cli.terminal import (
     LineSource,
@@ -49,6 +53,8 @@ T = TypeVar("T")
 # On the way out, how long to wait for the room to echo the last lines sent
 # (so that `printf 'hi\n' | hub -n alice` says "hi" before it logs out).
 FLUSH_TIMEOUT = 2.0
+# On the way out, unsent lines are shown one by one up to this many.
+UNSENT_SHOWN = 5
 
 
 class Line(NamedTuple):
@@ -104,39 +110,28 @@ async def receive(client: ChatClient, printer: Printer) -> Ending:
     return Outcome.CLOSED
 
 
-async def type_lines(
-    client: ChatClient, source: LineSource, rooms: RoomControl | None = None
-) -> Ending | None:
-    """Send every line read; QUIT at the end of input, None if the stream is gone.
-
-    Lines that are room commands (clients/py_cli/rooms.py) go to the room;
-    ``//command`` sends ``/command`` as a message.
-    """
-    while (text := await source.read()) is not None:
-        if rooms is not None and RoomControl.command(text):
-            await rooms.run(text)
-            continue
-        if text.startswith("//") and RoomControl.command(text[1:]):
-            text = text[1:]
-        try:
-            await client.send(text)
-        except (StreamEnded, grpc.RpcError, asyncio.InvalidStateError) as error:
-            # The stream has ended; the receiver reports why.
-            log.debug("failed to send message: %s", error)
-            return None
-    return Outcome.QUIT
+async def stop_reading(reading: asyncio.Task[None], outbox: Outbox, printer: Printer) -> None:
+    """Stop taking input, and show what was typed but never sent."""
+    unsent = outbox.unsent()  # before the prompt goes, with what it holds
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
+    for text in unsent[:UNSENT_SHOWN]:
+        printer.line(CLIENT, f"not sent: {text}")
+    if len(unsent) > UNSENT_SHOWN:
+        printer.line(CLIENT, f"not sent: {len(unsent) - UNSENT_SHOWN} more lines")
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM came before the stream was open."""
+    """The user asked to leave before the stream was open."""
 
 
-async def unless_signalled(awaitable: Awaitable[T], signalled: asyncio.Event) -> T:
-    """``await awaitable``, or cancel it and raise ``Interrupted`` on a signal."""
+async def unless_stopped(awaitable: Awaitable[T], stops: Sequence[asyncio.Event]) -> T:
+    """``await awaitable``, or cancel it and raise ``Interrupted`` once any of ``stops`` is set."""
     task = asyncio.ensure_future(awaitable)
-    waiting = asyncio.create_task(signalled.wait())
-    await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
-    waiting.cancel()
+    waiting = [asyncio.create_task(stop.wait()) for stop in stops]
+    await asyncio.wait({task, *waiting}, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waiting:
+        wait.cancel()
     if not task.done():
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -147,18 +142,20 @@ async def unless_signalled(awaitable: Awaitable[T], signalled: asyncio.Event) ->
 async def converse(
     client: ChatClient,
     printer: Printer,
-    source: LineSource,
+    outbox: Outbox,
+    reading: asyncio.Task[None],
     signalled: asyncio.Event,
-    rooms: RoomControl | None = None,
+    rooms: RoomControl,
 ) -> int:
     """Print the room and send typed lines until the conversation ends; the exit status.
 
-    ``signalled`` is set by SIGINT or SIGTERM (maybe already): leave as on Ctrl-D.
+    ``signalled`` is set by SIGINT, SIGTERM or Ctrl-C (maybe already): leave
+    at once, saying what was not sent.
     """
     receiving = asyncio.create_task(receive(client, printer), name="receive")
-    typing = asyncio.create_task(type_lines(client, source, rooms), name="type")
+    delivering = asyncio.create_task(outbox.deliver(client, rooms), name="deliver")
     waiting = asyncio.create_task(signalled.wait(), name="signals")
-    pending: set[asyncio.Task[Any]] = {receiving, typing, waiting}
+    pending: set[asyncio.Task[Any]] = {receiving, delivering, waiting}
     ending: Ending | None = None
     while ending is None:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -166,8 +163,9 @@ async def converse(
             ending = receiving.result()
         elif waiting in done:
             ending = Outcome.QUIT
-        elif typing in done:
-            ending = typing.result()  # None: wait for the receiver's reason
+        elif delivering in done and delivering.result():
+            ending = Outcome.QUIT  # all typed was sent: leave as on Ctrl-D
+        # The stream is gone when a line could not be sent: the receiver says why.
     if ending is Outcome.QUIT and not receiving.done():
         # Leaving on purpose: let the last lines typed reach the room first.
         flushed = asyncio.create_task(client.flush())
@@ -180,11 +178,11 @@ async def converse(
         if receiving.done():
             # The room answered the last lines with a refusal, or stopped.
             ending = receiving.result()
-    for task in (typing, receiving, waiting):
+    for task in (delivering, receiving, waiting):
         task.cancel()
-    await asyncio.gather(typing, receiving, waiting, return_exceptions=True)
-    if rooms is not None:
-        await rooms.close()
+    await asyncio.gather(delivering, receiving, waiting, return_exceptions=True)
+    await stop_reading(reading, outbox, printer)
+    await rooms.close()
     client.close_stream()
 
     printer.line(CLIENT, "logging out")
@@ -202,43 +200,78 @@ async def converse(
     return 0
 
 
+async def log_in(
+    client: ChatClient, args: argparse.Namespace, stops: Sequence[asyncio.Event]
+) -> str | None:
+    """Dial and log in; None, or the line that says why not.
+
+    Being stopped meanwhile ends the process as the reference's cancelled
+    context does: one line, status 1.
+    """
+    try:
+        await unless_stopped(client.connect(), stops)
+    except ConnectTimeout:
+        return "unable to connect: context deadline exceeded"
+    except Interrupted:
+        return "unable to connect: context canceled"
+    try:
+        await unless_stopped(client.login(args.name, args.password), stops)
+    except grpc.aio.AioRpcError as error:
+        return f"failed to login: {error_text(error)}"
+    except Interrupted:
+        return f"failed to login: {rpc_error_text(grpc.StatusCode.CANCELLED, 'context canceled')}"
+    return None
+
+
+async def run_session(
+    client: ChatClient,
+    args: argparse.Namespace,
+    printer: Printer,
+    source: LineSource,
+    signalled: asyncio.Event,
+    *,
+    terminal: bool,
+) -> int:
+    """From the first keystroke to the exit status.
+
+    Input is taken from the start: what is typed while logging in is sent
+    once the stream is open. Before then, Ctrl-D at a terminal means leave;
+    a pipe's end means only that the lines before it are all there is.
+    """
+    # Typed lines are never held back from the queue, so the prompt stays up
+    # (and reads Ctrl-C) while a long paste is sent.
+    outbox = Outbox(
+        source, printer, Pacer(PACE_RATE, PACE_BURST), limit=0 if terminal else OUTBOX_MAX
+    )
+    reading = asyncio.create_task(outbox.take_input(), name="read")
+    try:
+        stops = (signalled, outbox.input_ended) if terminal else (signalled,)
+        failure = await log_in(client, args, stops)
+        if failure is not None:
+            await stop_reading(reading, outbox, printer)
+            printer.line(PROCESS, failure)
+            return 1
+        printer.line(CLIENT, "logged in successfully")
+        client.open_stream()
+        printer.line(CLIENT, "connected to stream")
+        rooms = RoomControl(client.channel, client.token, printer)
+        if args.room:
+            await rooms.watch(args.room)
+        return await converse(client, printer, outbox, reading, signalled, rooms)
+    finally:
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+
+
 async def chat(args: argparse.Namespace, printer: Printer) -> int:
     client = ChatClient(args.host)
     signalled = asyncio.Event()
     try:
         with stop_signals(signalled):
-            # A signal before the stream is open ends the process as the
-            # reference's cancelled context does: one line, status 1.
-            try:
-                await unless_signalled(client.connect(), signalled)
-            except ConnectTimeout:
-                printer.line(PROCESS, "unable to connect: context deadline exceeded")
-                return 1
-            except Interrupted:
-                printer.line(PROCESS, "unable to connect: context canceled")
-                return 1
-            try:
-                await unless_signalled(client.login(args.name, args.password), signalled)
-            except grpc.aio.AioRpcError as error:
-                printer.line(PROCESS, f"failed to login: {error_text(error)}")
-                return 1
-            except Interrupted:
-                canceled = rpc_error_text(grpc.StatusCode.CANCELLED, "context canceled")
-                printer.line(PROCESS, f"failed to login: {canceled}")
-                return 1
-            printer.line(CLIENT, "logged in successfully")
-            await client.open_stream()
-            printer.line(CLIENT, "connected to stream")
             if is_interactive():
-                with interactive(printer.color) as (prompt, screen):
-                    rooms = RoomControl(client.channel, client.token, screen)
-                    if args.room:
-                        await rooms.watch(args.room)
-                    return await converse(client, screen, prompt, signalled, rooms)
-            rooms = RoomControl(client.channel, client.token, printer)
-            if args.room:
-                await rooms.watch(args.room)
-            return await converse(client, printer, PipeLines(), signalled, rooms)
+                with interactive(printer.color, on_interrupt=signalled.set) as (prompt, screen):
+                    return await run_session(client, args, screen, prompt, signalled, terminal=True)
+            return await run_session(client, args, printer, PipeLines(), signalled, terminal=False)
     finally:
         await client.close()
 

@@ -90,6 +90,14 @@ async def _write(call: grpc.aio.StreamStreamCall, request: chat_pb2.StreamReques
     if call.done():
         raise StreamEnded("the stream has ended")
     try:
+        # As ``write`` does: our own headers go first (not the server's, which
+        # a server may send only with its first message).
+        await call.wait_for_connection()
+    except grpc.aio.AioRpcError as error:
+        raise StreamEnded("the stream has ended") from error
+    if call.done():
+        raise StreamEnded("the stream has ended")
+    try:
         await send(request.SerializeToString())
     except grpc.aio.InternalError as error:  # Core refused the write: the stream is closed
         raise StreamEnded("the stream has ended") from error
@@ -158,14 +166,18 @@ class ChatClient:
         self.token = response.token
         return self.token
 
-    async def open_stream(self) -> None:
-        """Open the room's stream with the token; its failures surface in ``events``."""
+    def open_stream(self) -> None:
+        """Start the room's stream with the token; its failures surface in ``events``.
+
+        Nothing is awaited: a server need not send a stream's headers before
+        its first event (grpc-go servers, the reference among them, do not),
+        so a client alone in the room would wait for them indefinitely. Lines
+        may be sent at once; the server has this stream in the room only once
+        an event arrives through it.
+        """
         if not self.token:
             raise RuntimeError("open_stream before login")
         self._call = self._stub.Stream(metadata=((TOKEN_HEADER, self.token),))
-        # The hub sends its headers once the stream is subscribed (the
-        # reference sends them at once): after this, no event is missed.
-        await self._call.initial_metadata()
 
     async def events(self) -> AsyncIterator[chat_pb2.StreamResponse]:
         """The stream's events until the server ends it.

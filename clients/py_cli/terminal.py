@@ -4,30 +4,45 @@ Two kinds of standard input:
 
 - a terminal: ``prompt_toolkit`` edits the line, and every printed line goes
   through its stdout proxy, which draws it above the prompt and redraws the
-  half-typed input after it (``interactive``);
+  half-typed input after it (``interactive``). A paste of several lines gives
+  them one by one. Ctrl-C is the program's interrupt, as SIGINT is;
 - anything else (a pipe, a file, ``docker run -i``): lines are read by a
   thread and handed to the event loop (``PipeLines``).
 
-Both give ``None`` at the end of input (Ctrl-D, end of file) and on Ctrl-C.
+Both give ``None`` at the end of input (Ctrl-D, end of file, Ctrl-C), and say
+what they hold that was typed but not yet given out (``unsent``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stdout
-from typing import Protocol
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import (
+    AbstractContextManager,
+    ExitStack,
+    contextmanager,
+    nullcontext,
+    redirect_stdout,
+)
+from typing import Any, Protocol
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.application import get_app_session
+from prompt_toolkit.application import Application, get_app_session
+from prompt_toolkit.input.vt100 import Vt100Input
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent, merge_key_bindings
+from prompt_toolkit.keys import Keys
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from hub.lines import Printer
+
+log = logging.getLogger(__name__)
 
 PROMPT = "> "
 # Lines read ahead of the sender: enough to absorb a paste, small enough that
@@ -39,6 +54,10 @@ READ_CHUNK = 64 * 1024
 class LineSource(Protocol):
     async def read(self) -> str | None:
         """The next line without its line ending; ``None`` when input ends."""
+        ...
+
+    def unsent(self) -> list[str]:
+        """Lines, or a half-typed line, taken in but not yet given out by ``read``."""
         ...
 
 
@@ -77,6 +96,20 @@ class PipeLines:
             self._ended = True
         return line
 
+    def unsent(self) -> list[str]:
+        """Takes them: for the way out."""
+        # Only what the loop already holds: the thread's line in hand and the
+        # rest of the input were never taken from the pipe's writer.
+        held = []
+        while not self._queue.empty():
+            line = self._queue.get_nowait()
+            self._slots.release()
+            if line is None:
+                self._ended = True
+            else:
+                held.append(line)
+        return held
+
     def _pump(self) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = ""
@@ -107,30 +140,159 @@ class PipeLines:
         return True
 
 
-class PromptLines:
-    """Lines typed at a ``prompt_toolkit`` prompt."""
+def pasted_lines(text: str) -> list[str]:
+    """The lines of an accepted input: a paste of several lines is several lines.
 
-    def __init__(self, session: PromptSession[str]) -> None:
+    Only line feeds split (a bracketed paste turns the terminal's CR and CRLF
+    into them); a final line feed ends the last line rather than adding an
+    empty one.
+    """
+    lines = text.split("\n")
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def ignore_mouse_reports() -> KeyBindings:
+    """Key bindings that drop mouse reports, which the prompt never asks for.
+
+    So any that come are typed bytes: Esc followed quickly by ``[31m`` parses
+    as one, and prompt_toolkit's own handler raises on such malformed ones
+    (ValueError, KeyError), killing the prompt's input.
+    """
+    bindings = KeyBindings()
+
+    @bindings.add(Keys.Vt100MouseEvent)
+    def _drop(event: KeyPressEvent) -> None:
+        log.debug("ignoring a mouse report: %r", event.data)
+
+    return bindings
+
+
+def contain_key_errors(app: Application[Any]) -> None:
+    """Let no key binding that fails end the prompt's input or print a traceback.
+
+    prompt_toolkit runs key handlers from a reader callback: one that raises
+    ends its key processor (every later key is lost) and the loop prints the
+    traceback over the screen. ``ignore_mouse_reports`` removes the failure
+    known; this keeps any other to a bell. It wraps the processor's internal
+    ``_call_handler``; without it (a prompt_toolkit that changed), nothing is
+    wrapped.
+    """
+    processor = app.key_processor
+    call_handler = getattr(processor, "_call_handler", None)
+    if call_handler is None:
+        return
+
+    def guarded(handler: Any, key_sequence: Any) -> None:
+        try:
+            call_handler(handler, key_sequence=key_sequence)
+        except Exception:
+            log.debug("a key binding failed on %r", key_sequence, exc_info=True)
+            app.output.bell()
+
+    processor._call_handler = guarded  # type: ignore[method-assign]
+
+
+class PromptLines:
+    """Lines typed at a ``prompt_toolkit`` prompt.
+
+    Ctrl-C ends the input, after calling ``on_interrupt`` if given. No
+    keystroke ends it otherwise: the session gets ``ignore_mouse_reports`` and
+    ``contain_key_errors``.
+
+    With ``hold_raw_mode``, from the first ``read`` until the input ends or
+    ``close`` (which the owner must then call), the terminal stays in raw
+    mode between prompts too: a key typed just after Enter, before the next
+    prompt is up, waits for that prompt instead of going to the terminal
+    driver, which would echo it over the screen, turn Ctrl-C into SIGINT and
+    swallow Ctrl-D (it then reads as a NUL).
+    """
+
+    def __init__(
+        self,
+        session: PromptSession[str],
+        on_interrupt: Callable[[], None] | None = None,
+        *,
+        hold_raw_mode: bool = False,
+    ) -> None:
+        own = [session.key_bindings] if session.key_bindings is not None else []
+        session.key_bindings = merge_key_bindings([ignore_mouse_reports(), *own])
+        contain_key_errors(session.app)
         self._session = session
+        self._on_interrupt = on_interrupt
+        self._pasted: deque[str] = deque()  # the rest of an accepted paste
+        self._prompting = False
+        self._left = ""  # what the prompt held when Ctrl-C was pressed
+        self._hold_raw_mode = hold_raw_mode
+        self._raw = ExitStack()
+        self._raw_mode_held = False
 
     async def read(self) -> str | None:
+        if self._pasted:
+            return self._pasted.popleft()
+        if self._hold_raw_mode and not self._raw_mode_held:
+            self._raw.enter_context(self._session.input.raw_mode())
+            self._raw_mode_held = True
+        self._left = ""
+        self._prompting = True
         try:
             # SIGINT stays with the program's own handler (the prompt sees
             # Ctrl-C as a key anyway); unexpected loop errors are not turned
             # into "Press ENTER to continue" dialogs.
-            return await self._session.prompt_async(
+            text = await self._session.prompt_async(
                 handle_sigint=False, set_exception_handler=False
             )
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
+            self.close()
             return None
+        except KeyboardInterrupt:
+            self._left = self._session.default_buffer.text
+            self.close()
+            if self._on_interrupt is not None:
+                self._on_interrupt()
+            return None
+        except asyncio.CancelledError:  # no more reading
+            self.close()
+            raise
+        finally:
+            self._prompting = False
+        first, *rest = pasted_lines(text)
+        self._pasted.extend(rest)
+        return first
+
+    def unsent(self) -> list[str]:
+        typed = self._session.default_buffer.text if self._prompting else self._left
+        return [*self._pasted, *([typed] if typed else [])]
+
+    def close(self) -> None:
+        """Give the terminal back its own mode."""
+        self._raw.close()
+        self._raw_mode_held = False
+
+
+class PromptInput(Vt100Input):
+    """Standard input for the prompt, left raw while a line prints above it.
+
+    ``patch_stdout`` prints through ``run_in_terminal``, which puts the
+    terminal in cooked mode for the moment of the print: a key typed then
+    went to the terminal driver, echoed over the screen, Ctrl-D swallowed.
+    Printing needs no cooked input, so the mode is left alone.
+    """
+
+    def cooked_mode(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
 
 @contextmanager
-def interactive(color: bool) -> Iterator[tuple[PromptLines, Printer]]:
+def interactive(
+    color: bool, on_interrupt: Callable[[], None]
+) -> Iterator[tuple[PromptLines, Printer]]:
     """A prompt on the terminal, and a printer whose lines never garble it.
 
     Everything, the prompt included, goes to standard error as the
-    reference's lines do; standard output stays unused.
+    reference's lines do; standard output stays unused. Ctrl-C at the
+    prompt calls ``on_interrupt``.
     """
     # patch_stdout's writer thread finds the prompt through prompt_toolkit's
     # default session (a thread starts with an empty context, so a session
@@ -142,8 +304,14 @@ def interactive(color: bool) -> Iterator[tuple[PromptLines, Printer]]:
     # Inside patch_stdout sys.stderr is the proxy that prints above the
     # prompt; raw, so the printer's colours pass through.
     with patch_stdout(raw=True):
-        session: PromptSession[str] = PromptSession(PROMPT, erase_when_done=True)
-        yield PromptLines(session), Printer(sys.stderr, color=color)
+        session: PromptSession[str] = PromptSession(
+            PROMPT, erase_when_done=True, input=PromptInput(sys.stdin)
+        )
+        lines = PromptLines(session, on_interrupt, hold_raw_mode=True)
+        try:
+            yield lines, Printer(sys.stderr, color=color)
+        finally:
+            lines.close()
 
 
 @contextmanager

@@ -6,16 +6,30 @@ ever calls ``publish``, ``subscribe`` and ``unsubscribe`` and receives
 publications through the handler it registers with ``start``. The hub
 subscribes a channel at the broker only for its first local subscriber and
 unsubscribes it with its last.
+
+A broker that carries publications between processes can lose some (its
+server restarted empty, its history was trimmed past where a hub had read).
+It never skips them silently: it hands the hub a publication whose event is
+``HistoryLost``, and the hub ends that channel's local subscribers with
+UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from hub.core.publication import Publication
 
 PublicationHandler = Callable[[Publication], None]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryLost:
+    """Not an event but the broker's word: publications of the channel were lost."""
+
+    reason: str
 
 
 class Broker(Protocol):

@@ -11,16 +11,13 @@ import logging
 import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 from hub.core.events import LeaveReason, ServerShutdown, UserJoined, UserLeft, UserMessage
-from hub.core.sessions import Session
+from hub.core.fanout import Fanout
+from hub.core.sessions import Session, SessionRecord, Sessions
 from hub.core.subscription import Overflow, Subscription
 from hub.errors import InvalidArgument, RateLimited, Unavailable, WrongPassword
 from hub.settings import ChatSettings
-
-if TYPE_CHECKING:
-    from hub.core.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -81,58 +78,59 @@ def check_message(text: str, max_bytes: int) -> None:
 
 
 class Chat:
-    def __init__(self, hub: Hub, settings: ChatSettings) -> None:
-        self._hub = hub
+    def __init__(self, fanout: Fanout, sessions: Sessions, settings: ChatSettings) -> None:
+        self._fanout = fanout
+        self._sessions = sessions
         self._settings = settings
 
     async def login(self, name: str, password: str) -> tuple[Session, str]:
-        if self._hub.closing:
+        if self._fanout.closing:
             raise Unavailable("server is shutting down")
         if not hmac.compare_digest(password.encode(), self._settings.password.encode()):
             raise WrongPassword("password is incorrect")
         check_name(name, self._settings.name_max_chars)
-        session, token = self._hub.sessions.create(name)
+        session, token = await self._sessions.create(name)
         log.info("%s: %r logged in", session.id, name, extra={"session": session.id})
-        await self._hub.publish(CHANNEL, UserJoined(name=name, session_id=session.id))
+        await self._fanout.publish(CHANNEL, UserJoined(name=name, session_id=session.id))
         return session, token
 
     async def logout(self, token: str) -> Session:
         # Announcing the departure is the sessions' end handler's job
         # (Hub._session_ended), shared with expiry and departure.
-        return self._hub.sessions.revoke(token)
+        return await self._sessions.revoke(token)
 
-    def authenticate(self, token: str) -> Session:
-        return self._hub.sessions.authenticate(token)
+    async def authenticate(self, token: str) -> Session:
+        return await self._sessions.authenticate(token)
 
     @asynccontextmanager
     async def stream(self, session: Session) -> AsyncIterator[Subscription]:
         """A subscription to the room for one of the session's streams."""
-        async with self._hub.subscribe(
+        async with self._fanout.subscribe(
             CHANNEL,
             maxlen=self._settings.queue_max,
             overflow=Overflow.DISCONNECT,
             label=session.id,
         ) as subscription:
-            self._hub.sessions.attach(session, subscription)
+            self._sessions.attach(session, subscription)
             try:
                 yield subscription
             finally:
-                self._hub.sessions.detach(session, subscription)
+                self._sessions.detach(session, subscription)
 
     async def say(self, session: Session, text: str) -> None:
-        if self._hub.closing:
+        if self._fanout.closing:
             raise Unavailable("server is shutting down")
         check_message(text, self._settings.message_max_bytes)
-        if not session.bucket.take():
+        if not await self._sessions.allow(session):
             log.warning("%s: rate limited", session.id, extra={"session": session.id})
             raise RateLimited(
                 f"too many messages: at most {self._settings.rate_per_second:g} a second"
             )
-        await self._hub.publish(
+        await self._fanout.publish(
             CHANNEL, UserMessage(name=session.name, session_id=session.id, text=text)
         )
 
-    async def announce_end(self, session: Session, reason: LeaveReason) -> None:
+    async def announce_end(self, session: SessionRecord, reason: LeaveReason) -> None:
         log.info(
             "%s: %r left (%s)",
             session.id,
@@ -140,9 +138,10 @@ class Chat:
             reason.value,
             extra={"session": session.id},
         )
-        await self._hub.publish(
+        await self._fanout.publish(
             CHANNEL, UserLeft(name=session.name, session_id=session.id, reason=reason)
         )
 
     async def announce_shutdown(self) -> None:
-        await self._hub.publish(CHANNEL, ServerShutdown())
+        # This hub's streams only: the other hubs of a cluster serve on.
+        await self._fanout.publish(CHANNEL, ServerShutdown(), local=True)

@@ -83,3 +83,18 @@ class RoomNotice:
 
     room: str
     text: str
+
+
+# -- between hubs ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    """A session ended (for ``reason``): every hub ends its streams of it.
+
+    Published on the control channel by the one hub that ended the session,
+    and received by every hub, that one included.
+    """
+
+    session_id: str
+    reason: LeaveReason

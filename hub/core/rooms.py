@@ -11,24 +11,22 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-import itertools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
-from hub.audio.cache import PacketCache
+from hub.audio.cache import EncodedSound, PacketCache
 from hub.audio.library import SoundLibrary
 from hub.audio.opus import OpusSettings, silence_packet
 from hub.audio.pacer import pace
-from hub.audio.sources import FileSound
+from hub.audio.sources import FileSound, Sound
 from hub.core import leds
 from hub.core.events import AudioFrame, LedFrame, RoomNotice, StreamEnd
-from hub.core.roomstate import Action, Input, RoomState, step
+from hub.core.fanout import Fanout
+from hub.core.observer import Observer, Unobserved
+from hub.core.roomstate import Action, Input, RoomState
+from hub.core.roomstore import MemoryRoomStore, RoomStore
 from hub.errors import InvalidArgument
-
-if TYPE_CHECKING:
-    from hub.core.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +98,7 @@ class Room:
     def __init__(self, rooms: Rooms, room_id: str) -> None:
         self.id = room_id
         self._rooms = rooms
-        self._hub = rooms.hub
+        self._hub = rooms.fanout
         self.mode = 0
         self.state = RoomState.IDLE
         self.members = 0
@@ -137,26 +135,27 @@ class Room:
             return LiveFeed(self, self.stream_id, title, frame_seconds)
 
     async def _apply(self, given: Input, stream_id: int | None) -> None:
-        if given in (Input.ENDED, Input.FAILED) and stream_id != self.stream_id:
+        before, after, actions = await self._rooms.store.step(
+            self.id, given, stream_id, next_mode=self._rooms.library.next_mode
+        )
+        if given in (Input.ENDED, Input.FAILED) and stream_id != before.stream_id:
             return  # news from a stream that was already ended
-        before = self.state
-        self.state, actions = step(self.state, given)
+        self.mode, self.state = after.mode, after.state
         for action in actions:
             if action is Action.NEXT_MODE:
-                self.mode = self._rooms.library.next_mode(self.mode)
                 await self._notice(f"mode {self.mode + 1}: {self.title}")
             elif action is Action.END_STREAM:
                 await self._end_stream(END_REASONS[given])
             elif action is Action.START_STREAM:
-                await self._start_stream()
+                assert after.stream_id is not None
+                await self._start_stream(after.stream_id)
             elif action is Action.START_LIVE:
-                self.stream_id = next(self._rooms.stream_ids)
+                self.stream_id = after.stream_id
                 await self._notice(f"live: {self._live_title}")
-        log.debug("%s: %s -> %s on %s", self.id, before.value, self.state.value, given.value)
+        log.debug("%s: %s -> %s on %s", self.id, before.state.value, self.state.value, given.value)
         await self._publish_frame()
 
-    async def _start_stream(self) -> None:
-        stream_id = next(self._rooms.stream_ids)
+    async def _start_stream(self, stream_id: int) -> None:
         self.stream_id = stream_id
         sound = self._rooms.library[self.mode]
         self._player = asyncio.get_running_loop().create_task(
@@ -183,11 +182,11 @@ class Room:
 
     async def _play(self, stream_id: int, mode: int) -> None:
         sound = self._rooms.library[mode]
-        encoded = self._rooms.cache.get(sound, self._rooms.opus)
+        encoded = self._rooms.encoded(sound)
         frame_seconds = self._rooms.opus.frame_seconds
         publish = self._hub.publish
         channel = self.audio_channel
-        paced = functools.partial(self._hub.observer.paced, "room")
+        paced = functools.partial(self._rooms.observer.paced, "room")
         try:
             async for seq, packet in pace(
                 encoded.reader(), frame_seconds, self._hub.clock, on_release=paced
@@ -253,6 +252,8 @@ class Room:
             if self._expiry is not None:
                 self._expiry.cancel()
             if self.state is RoomState.PLAYING:
+                # This hub's copy only: the stored record is the store's to
+                # keep (for the hub that serves the room next) or to forget.
                 await self._end_stream(StreamEnd.CLOSED)
                 self.state = RoomState.IDLE
 
@@ -302,23 +303,34 @@ class Rooms:
 
     def __init__(
         self,
-        hub: Hub,
+        fanout: Fanout,
         library: SoundLibrary,
         *,
         opus: OpusSettings | None = None,
         cache: PacketCache | None = None,
         linger: float = 600.0,
+        store: RoomStore | None = None,
+        observer: Observer | None = None,
     ) -> None:
-        self.hub = hub
+        self.fanout = fanout
+        self.observer: Observer = observer or Unobserved()
         self.library = library
         self.opus = opus or OpusSettings()
         self.cache = cache or PacketCache()
+        self.store: RoomStore = store or MemoryRoomStore()
         # How long an empty room keeps its mode: long enough to ride out a
         # reboot or a Connect pressed twice, short enough not to hoard rooms.
         self.linger = linger
         self.silence = silence_packet(self.opus)
-        self.stream_ids = itertools.count(1)
         self._rooms: dict[str, Room] = {}
+
+    def encoded(self, sound: Sound) -> EncodedSound:
+        """``sound`` as this hub's Opus packets, encoded once for every listener."""
+        return self.cache.get(sound, self.opus)
+
+    async def new_stream_id(self) -> int:
+        """An id for a new stream, unique among the streams a listener may hear."""
+        return await self.store.new_stream_id()
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -368,7 +380,12 @@ class Rooms:
             # Nobody hears it, yet it may still play (a watcher's Press, a
             # live feed): left running, its player would go on publishing into
             # the channel of the next room of that name, which cannot stop it.
-            self.hub.spawn(room.close())
+            self.fanout.spawn(self._close(room))
+
+    async def _close(self, room: Room) -> None:
+        if room.id not in self._rooms:  # not opened again meanwhile
+            await self.store.forget(room.id)
+        await room.close()
 
     async def close(self) -> None:
         for room in list(self._rooms.values()):

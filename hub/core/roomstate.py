@@ -30,6 +30,8 @@ finishes), and Stop or Play cut it like any other.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from dataclasses import dataclass
 
 
 class RoomState(enum.Enum):
@@ -81,3 +83,41 @@ TRANSITIONS: dict[tuple[RoomState, Input], tuple[RoomState, tuple[Action, ...]]]
 def step(state: RoomState, given: Input) -> tuple[RoomState, tuple[Action, ...]]:
     """The next state and the actions to take; stale news changes nothing."""
     return TRANSITIONS.get((state, given), (state, ()))
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    """What every hub must agree on about a room: one record, changed by ``advance``."""
+
+    mode: int = 0
+    state: RoomState = RoomState.IDLE
+    stream_id: int | None = None  # the stream playing, if any
+
+
+def advance(
+    record: RoomRecord,
+    given: Input,
+    stream_id: int | None,
+    *,
+    next_mode: Callable[[int], int],
+    new_stream_id: Callable[[], int],
+) -> tuple[RoomRecord, tuple[Action, ...]]:
+    """One step of the room: its next record and the actions the room must take.
+
+    ``stream_id`` names the stream that ``ENDED`` or ``FAILED`` speaks of: news
+    of a stream that is no longer the room's changes nothing. Pure apart from
+    the two functions it is given, so a store can run it under one lock (or
+    one Redis transaction) and every hub sees whole steps only.
+    """
+    if given in (Input.ENDED, Input.FAILED) and stream_id != record.stream_id:
+        return record, ()
+    state, actions = step(record.state, given)
+    mode, current = record.mode, record.stream_id
+    for action in actions:
+        if action is Action.NEXT_MODE:
+            mode = next_mode(mode)
+        elif action is Action.END_STREAM:
+            current = None
+        else:  # START_STREAM, START_LIVE
+            current = new_stream_id()
+    return RoomRecord(mode, state, current), actions

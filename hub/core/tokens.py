@@ -70,14 +70,23 @@ class TokenIssuer:
         self._ttl = ttl
         self._clock = clock
 
-    def issue(self, session_id: str, name: str) -> tuple[str, float]:
-        """A token for the session, and the wall time at which it expires."""
-        now = self._clock.wall()
-        # ``exp`` is whole seconds, rounded up; the session ends at that same
-        # instant, so a token whose session expired is refused as expired.
-        expires = int(now + self._ttl) + 1
-        claims = {"sid": session_id, "sub": name, "iat": int(now), "exp": expires}
-        return jwt.encode(claims, self._secret, algorithm=ALGORITHM), float(expires)
+    def expiry(self) -> float:
+        """The wall time at which a token issued now expires.
+
+        ``exp`` is whole seconds, rounded up; the session ends at that same
+        instant, so a token whose session expired is refused as expired.
+        """
+        return float(int(self._clock.wall() + self._ttl) + 1)
+
+    def issue(self, session_id: str, name: str, expires: float) -> str:
+        """A token for the session, valid until ``expires`` (from ``expiry``)."""
+        claims = {
+            "sid": session_id,
+            "sub": name,
+            "iat": int(self._clock.wall()),
+            "exp": int(expires),
+        }
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify(self, token: str) -> TokenClaims:
         try:

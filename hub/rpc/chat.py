@@ -59,13 +59,15 @@ def encode_event(pub: Publication) -> bytes:
     return response.SerializeToString()
 
 
-def session_of(hub: Hub, context: grpc.aio.ServicerContext, metrics: Metrics, door: str) -> Session:
+async def session_of(
+    hub: Hub, context: grpc.aio.ServicerContext, metrics: Metrics, door: str
+) -> Session:
     """The session of the call's token; a refusal is counted for ``door``, then raised."""
     try:
         token = metadata_value(context, TOKEN_HEADER)
         if token is None:
             raise MissingToken("missing token header")
-        return hub.sessions.authenticate(token)
+        return await hub.sessions.authenticate(token)
     except HubError as error:
         metrics.refused(door, error)
         raise
@@ -123,7 +125,7 @@ class ChatService:
     ) -> Responses:
         metrics = self._metrics
         # A HubError raised here is the call's status (hub.rpc.methods).
-        session = session_of(self._hub, context, metrics, CHAT)
+        session = await session_of(self._hub, context, metrics, CHAT)
         set_context(session=session.id, peer=context.peer())
         log.debug("stream opened")
         if self._hub.closing:

@@ -233,15 +233,15 @@ class DeviceService:
         self._hub = hub
         self._metrics = metrics or Metrics()
 
-    def _room(self, context: grpc.aio.ServicerContext) -> tuple[Room, Session | None]:
+    async def _room(self, context: grpc.aio.ServicerContext) -> tuple[Room, Session | None]:
         """The device's room, and the session of its token if the room requires one."""
         try:
-            return self._admit(context)
+            return await self._admit(context)
         except HubError as error:
             self._metrics.refused(DEVICES, error)
             raise
 
-    def _admit(self, context: grpc.aio.ServicerContext) -> tuple[Room, Session | None]:
+    async def _admit(self, context: grpc.aio.ServicerContext) -> tuple[Room, Session | None]:
         room_id = check_room_id(metadata_value(context, DEVICE_ID_HEADER))
         set_context(room=room_id, peer=context.peer())
         policy = self._hub.settings.devices
@@ -250,7 +250,7 @@ class DeviceService:
             token = metadata_value(context, TOKEN_HEADER)
             if token is None:
                 raise MissingToken(f"room {room_id} requires an {TOKEN_HEADER} token")
-            session = self._hub.sessions.authenticate(token)
+            session = await self._hub.sessions.authenticate(token)
             log.info("%s: device access to room %s", session.id, room_id)
         if self._hub.closing:
             raise PermissionDenied("server is shutting down")
@@ -263,7 +263,7 @@ class DeviceService:
         responses: AsyncIterator[comms_pb2.DeviceStatusResponse],
         context: grpc.aio.ServicerContext,
     ) -> Responses:
-        room, session = self._room(context)
+        room, session = await self._room(context)
         peer = context.peer()
         loop = asyncio.get_running_loop()
         updates = DeviceFrames(
@@ -309,7 +309,7 @@ class DeviceService:
     async def event_stream(
         self, events: AsyncIterator[comms_pb2.DeviceEvent], context: grpc.aio.ServicerContext
     ) -> Responses:
-        room, session = self._room(context)
+        room, session = await self._room(context)
         ack = comms_pb2.DeviceEventResponse(ack=True).SerializeToString()
         nack = comms_pb2.DeviceEventResponse(ack=False).SerializeToString()
         # With a token the stream waits on the device, not on a subscription:
@@ -331,7 +331,7 @@ class DeviceService:
     async def server_audio_stream(
         self, request: comms_pb2.AudioStreamRequest, context: grpc.aio.ServicerContext
     ) -> Responses:
-        room, session = self._room(context)
+        room, session = await self._room(context)
         metrics = self._metrics
         packets = DeviceAudio(
             room.audio_channel,

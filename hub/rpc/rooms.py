@@ -54,8 +54,8 @@ class RoomsService:
         self._hub = hub
         self._metrics = metrics or Metrics()
 
-    def _session(self, context: grpc.aio.ServicerContext) -> Session:
-        session = session_of(self._hub, context, self._metrics, ROOMS)
+    async def _session(self, context: grpc.aio.ServicerContext) -> Session:
+        session = await session_of(self._hub, context, self._metrics, ROOMS)
         set_context(session=session.id, peer=context.peer())
         return session
 
@@ -63,7 +63,7 @@ class RoomsService:
         self, request: chat_pb2.WatchRequest, context: grpc.aio.ServicerContext
     ) -> Responses:
         # A HubError raised here is the call's status (hub.rpc.methods).
-        session = self._session(context)
+        session = await self._session(context)
         room = self._hub.rooms.get(request.room)
         log.info("%s: watching room %s", session.id, room.id)
         metrics = self._metrics
@@ -94,7 +94,7 @@ class RoomsService:
         self, request: chat_pb2.PressRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
         try:
-            session = self._session(context)
+            session = await self._session(context)
             room = self._hub.rooms.get(request.room)
             given = BUTTONS.get(request.button)
             if given is None:

@@ -516,7 +516,7 @@ class ClientConnection(asyncio.Protocol):
         user = None
         if hello.token:
             try:
-                self._session = self.hub.sessions.authenticate(hello.token)
+                self._session = await self.hub.sessions.authenticate(hello.token)
             except HubError as error:
                 self.server.metrics.refused(TCP, error)
                 self.fail_with(error, refused)
@@ -559,7 +559,7 @@ class ClientConnection(asyncio.Protocol):
         # encoded by then (about 10 KB and a few ms of CPU a track).
         rooms = self.hub.rooms
         for track in tracks[:WARM_TRACKS]:
-            rooms.cache.get(track.sound, rooms.opus).warm()
+            rooms.encoded(track.sound).warm()
 
     async def _play(self, track_id: int) -> None:
         music = self.server.music
@@ -573,7 +573,7 @@ class ClientConnection(asyncio.Protocol):
             raise NotFound(f"no track {track_id} (send LIST for the current ids)")
         await self._leave(proto.StreamEndReason.SWITCHED)
         await self._stop_track(proto.StreamEndReason.SWITCHED)
-        stream_id = next(self.hub.rooms.stream_ids)
+        stream_id = await self.hub.rooms.new_stream_id()
         opus = self.hub.rooms.opus
         self.send(
             proto.StreamStart(
@@ -591,7 +591,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _play_track(self, track: Track, stream_id: int) -> None:
         rooms = self.hub.rooms
-        encoded = rooms.cache.get(track.sound, rooms.opus)
+        encoded = rooms.encoded(track.sound)
         reason = proto.StreamEndReason.FINISHED
         try:
             async for seq, packet in pace(

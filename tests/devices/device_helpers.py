@@ -78,7 +78,7 @@ class DeviceHub:
     def expected_stream(self, mode: int) -> list[bytes]:
         """The exact packets a whole stream of ``mode`` carries, end mark included."""
         rooms = self.hub.rooms
-        encoded = rooms.cache.get(rooms.library[mode], rooms.opus)
+        encoded = rooms.encoded(rooms.library[mode])
         assert encoded.complete, "the sound is not fully encoded yet"
         return [*encoded.packets, rooms.silence]
 

@@ -68,7 +68,7 @@ async def test_a_header_over_8192_before_welcome_is_refused_at_once(
 
 async def test_every_refusal_of_hello_names_hello(serve: Serve, connect: Connect) -> None:
     served = await serve(StreamSettings(require_token=True, max_connections=2))
-    _, token = served.hub.sessions.create("alice")
+    _, token = await served.hub.sessions.create("alice")
 
     missing = await connect(served.address, hello=False)
     missing.send(Hello(PROTOCOL_VERSION, "no token"))

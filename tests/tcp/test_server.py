@@ -108,7 +108,7 @@ async def test_unsupported_version_is_refused_and_closed(serve: Serve, connect: 
 
 async def test_required_token(serve: Serve, connect: Connect) -> None:
     served = await serve(StreamSettings(require_token=True))
-    _, token = served.hub.sessions.create("alice")
+    _, token = await served.hub.sessions.create("alice")
 
     anonymous = await connect(served.address, hello=False)
     anonymous.send(Hello(PROTOCOL_VERSION, "anon"))
@@ -141,15 +141,15 @@ async def test_the_sessions_end_ends_the_connection(
 ) -> None:
     """Logout, or expiry (ended as its timer ends it, without waiting a lifetime)."""
     served = await serve(StreamSettings(require_token=True))
-    session, token = served.hub.sessions.create("alice")
+    session, token = await served.hub.sessions.create("alice")
     alice = await connect(served.address, token=token)
-    bystander = await connect(served.address, token=served.hub.sessions.create("bob")[1])
+    bystander = await connect(served.address, token=(await served.hub.sessions.create("bob"))[1])
     alice.send(Play(ALPHA))
     await alice.next(StreamStart)
     if reason is LeaveReason.LOGOUT:
-        served.hub.sessions.revoke(token)  # what Logout does
+        await served.hub.sessions.revoke(token)  # what Logout does
     else:
-        served.hub.sessions.end(session, reason)  # what the expiry timer does
+        await served.hub.sessions.end(session.id, reason)  # what the expiry timer does
     error = await alice.fatal_error()
     assert (error.code, error.text) == (ErrorCode.UNAUTHENTICATED, text)
     assert alice.eof
@@ -189,7 +189,7 @@ async def test_join_refusals_are_not_fatal(serve: Serve, connect: Connect) -> No
     client.send(PublishEnd(1))
     client.send(Join("hall"))
     assert (await client.next(Joined)).room == "hall"
-    _, token = served.hub.sessions.create("alice")
+    _, token = await served.hub.sessions.create("alice")
     alice = await connect(served.address, token=token)
     alice.send(Join("vip"))
     assert (await alice.next(Joined)).room == "vip"

@@ -1,0 +1,294 @@
+"""The Redis broker: channels shared by every hub, on Redis Streams.
+
+Publishing is one Lua script: it makes sure the channel has an *epoch* (a
+random name, set once with the channel's first publication or subscription,
+and gone when Redis restarts empty), counts the publication's *offset* (INCR)
+and appends ``epoch, offset, time, data`` to the channel's stream, trimmed to
+about ``history`` entries. The event is encoded once (``hub.core.codec``).
+
+Each hub reads every channel it has local subscribers for in one blocking
+XREAD loop on a connection of its own, from the last entry id it saw per
+channel. An entry whose epoch differs, or whose offset does not follow the
+last one, means publications were lost (Redis restarted empty, or the history
+was trimmed past this hub while it was away): the hub is handed
+``HistoryLost`` for the channel and ends its subscribers with UNAVAILABLE.
+After a lost connection the loop reconnects with backoff and resumes from the
+same ids; it checks the epochs first, so a Redis that came back empty is
+noticed even if nobody publishes again.
+
+The publishing hub delivers to its own clients through its read loop too,
+not at publish time: every hub then hands a channel's publications to its
+clients in the one order Redis gave them, and each exactly once (each entry
+is read once per hub). The price is one round trip to Redis, well under a
+millisecond on a local network.
+
+Channels that are not shared (device rooms, until they are) stay in this
+process, delivered at once as ``MemoryBroker`` would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from hub.backplane.keys import Keys
+from hub.core import codec
+from hub.core.broker import HistoryLost, PublicationHandler
+from hub.core.publication import Position, Publication
+from hub.errors import Unavailable
+from hub.settings import BackplaneSettings
+
+log = logging.getLogger(__name__)
+
+PUBLISH = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch)
+end
+local offset = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
+           'e', epoch, 'o', offset, 't', ARGV[3], 'p', ARGV[4], 'd', ARGV[5])
+return epoch
+"""
+
+# Where a new subscriber starts: the channel's epoch (made now if it has
+# none), its last offset and its last entry id, read together.
+POSITION = """
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+local epoch = redis.call('GET', KEYS[2])
+local offset = tonumber(redis.call('GET', KEYS[3]) or '0')
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local id = '0-0'
+if last[1] then id = last[1][1] end
+return {epoch, offset, id}
+"""
+
+
+def shared(channel: str) -> bool:
+    """Whether ``channel`` crosses hubs: chat and control do; device rooms not yet."""
+    return not channel.startswith("room:")
+
+
+@dataclass(slots=True)
+class Cursor:
+    """How far this hub has read one channel."""
+
+    last_id: str
+    epoch: str
+    offset: int
+
+
+class RedisBroker:
+    def __init__(
+        self,
+        commands: aioredis.Redis,
+        reader: aioredis.Redis,
+        keys: Keys,
+        settings: BackplaneSettings,
+        *,
+        on_state: Callable[[bool], None],
+        on_lag: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
+        self._redis = commands
+        self._reader = reader  # one connection of its own: XREAD blocks it
+        self._keys = keys
+        self._settings = settings
+        self._on_state = on_state
+        self._on_lag = on_lag
+        self._publish = commands.register_script(PUBLISH)
+        self._position = commands.register_script(POSITION)
+        self._handler: PublicationHandler | None = None
+        self._local: set[str] = set()
+        self._cursors: dict[str, Cursor] = {}
+        self._changed = asyncio.Event()
+        self._reader_id: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, handler: PublicationHandler) -> None:
+        self._handler = handler
+        self._task = asyncio.get_running_loop().create_task(self._read(), name="redis reader")
+
+    async def publish(self, pub: Publication) -> None:
+        if not shared(pub.channel):
+            if self._handler is not None and pub.channel in self._local:
+                self._handler(pub)
+            return
+        channel = pub.channel
+        data = codec.encode(pub.event)
+        try:
+            epoch = await self._publish(
+                keys=[
+                    self._keys.stream(channel),
+                    self._keys.epoch(channel),
+                    self._keys.offset(channel),
+                ],
+                args=[
+                    secrets.token_hex(8),
+                    self._settings.history,
+                    repr(pub.time),
+                    "1" if pub.droppable else "",
+                    data,
+                ],
+            )
+        except RedisError as error:
+            log.warning("%s: cannot publish: redis: %s", channel, error)
+            raise Unavailable("the backplane (Redis) is out of reach") from None
+        cursor = self._cursors.get(channel)
+        if cursor is not None and cursor.epoch != _text(epoch):
+            # Redis came back empty before the read loop noticed: say so now.
+            self._restart(channel, _text(epoch))
+
+    async def subscribe(self, channel: str) -> None:
+        if not shared(channel):
+            self._local.add(channel)
+            return
+        if channel in self._cursors:
+            return
+        try:
+            cursor = await self._start_position(channel)
+        except RedisError as error:
+            log.warning("%s: cannot subscribe: redis: %s", channel, error)
+            raise Unavailable("the backplane (Redis) is out of reach") from None
+        self._cursors[channel] = cursor
+        await self._wake_reader()
+
+    async def _start_position(self, channel: str) -> Cursor:
+        epoch, offset, last_id = await self._position(
+            keys=[
+                self._keys.stream(channel),
+                self._keys.epoch(channel),
+                self._keys.offset(channel),
+            ],
+            args=[secrets.token_hex(8)],
+        )
+        return Cursor(_text(last_id), _text(epoch), int(offset))
+
+    async def _wake_reader(self) -> None:
+        """Make the read loop take up the new set of channels now, not after its block."""
+        self._changed.set()
+        if self._reader_id is not None:
+            # If Redis is away, the reconnecting loop reads the new set anyway.
+            with contextlib.suppress(RedisError):
+                await self._redis.client_unblock(self._reader_id)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._local.discard(channel)
+        self._cursors.pop(channel, None)
+
+    async def close(self) -> None:
+        self._handler = None
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._cursors.clear()
+        self._local.clear()
+
+    # -- the read loop -------------------------------------------------------
+
+    async def _read(self) -> None:
+        backoff = self._settings.backoff_min
+        down_since: float | None = None
+        loop = asyncio.get_running_loop()
+        block_ms = max(1, round(self._settings.block * 1000))
+        while True:
+            try:
+                if self._reader_id is None:
+                    self._reader_id = int(await self._reader.client_id())
+                    if down_since is not None:
+                        await self._check_epochs()
+                        log.warning(
+                            "redis: reconnected after %.1f s; reading on", loop.time() - down_since
+                        )
+                        down_since = None
+                        backoff = self._settings.backoff_min
+                        self._on_state(True)
+                if not self._cursors:
+                    self._changed.clear()
+                    await self._changed.wait()
+                    continue
+                self._changed.clear()
+                streams: dict[Any, Any] = {
+                    self._keys.stream(c): cur.last_id for c, cur in self._cursors.items()
+                }
+                reply: Any = await self._reader.xread(streams, count=1024, block=block_ms)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as error:
+                self._reader_id = None
+                if down_since is None:
+                    down_since = loop.time()
+                    self._on_state(False)
+                    log.warning("redis: connection lost (%s); reconnecting", error)
+                else:
+                    log.info("redis: still unreachable (%s); next try in %.2f s", error, backoff)
+                await asyncio.sleep(backoff)  # backoff between reconnection attempts
+                backoff = min(backoff * 2, self._settings.backoff_max)
+                continue
+            for key, entries in reply or ():
+                channel = self._keys.channel_of(_text(key))
+                for entry_id, fields in entries:
+                    self._take(channel, _text(entry_id), fields)
+
+    def _take(self, channel: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        cursor = self._cursors.get(channel)
+        handler = self._handler
+        if cursor is None or handler is None:
+            return  # unsubscribed while this batch was on its way
+        epoch, offset = _text(fields[b"e"]), int(fields[b"o"])
+        cursor.last_id = entry_id
+        if epoch != cursor.epoch or offset != cursor.offset + 1:
+            reason = (
+                "Redis lost the channel's history"
+                if epoch != cursor.epoch
+                else f"{offset - cursor.offset - 1} publications trimmed before this hub read them"
+            )
+            handler(Publication(channel, HistoryLost(reason), 0.0))
+        cursor.epoch, cursor.offset = epoch, offset
+        try:
+            event = codec.decode(fields[b"d"])
+        except codec.CodecError as error:
+            log.error("%s: entry %s is not an event (%s): skipped", channel, entry_id, error)
+            return
+        published = float(fields[b"t"])
+        # The publishing hub's wall clock against ours: as exact as the hosts' NTP.
+        self._on_lag(time.time() - published)
+        handler(
+            Publication(
+                channel,
+                event,
+                published,
+                droppable=bool(fields[b"p"]),
+                position=Position(offset, epoch),
+            )
+        )
+
+    async def _check_epochs(self) -> None:
+        """After a reconnection: a channel whose epoch changed lost what this hub had not read."""
+        for channel, cursor in list(self._cursors.items()):
+            now = await self._start_position(channel)
+            if now.epoch != cursor.epoch and self._cursors.get(channel) is cursor:
+                self._restart(channel, now.epoch)
+
+    def _restart(self, channel: str, epoch: str) -> None:
+        """The channel's history is another one now: end its streams, read the new one whole.
+
+        A new epoch means its stream was created with it, so reading it from
+        its start misses nothing of it.
+        """
+        self._cursors[channel] = Cursor("0-0", epoch, 0)
+        if self._handler is not None:
+            self._handler(Publication(channel, HistoryLost("Redis restarted empty"), 0.0))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,50 @@
+"""Every Redis key the hubs share, named in one place."""
+
+from __future__ import annotations
+
+
+class Keys:
+    """Key names under one prefix (several clusters may share one Redis)."""
+
+    def __init__(self, prefix: str = "hub:") -> None:
+        self.prefix = prefix
+        self._streams = f"{prefix}ch:"
+        # Sessions due to end, by deadline: departure (no stream anywhere for
+        # the grace) and expiry of the token.
+        self.departing = f"{prefix}departing"
+        self.expiring = f"{prefix}expiring"
+        # Every hub that has announced itself, alive or not (yet) swept.
+        self.hubs = f"{prefix}hubs"
+        self.stream_ids = f"{prefix}stream-ids"
+
+    def stream(self, channel: str) -> str:
+        return self._streams + channel
+
+    def channel_of(self, stream_key: str) -> str:
+        return stream_key.removeprefix(self._streams)
+
+    def epoch(self, channel: str) -> str:
+        return f"{self.prefix}epoch:{channel}"
+
+    def offset(self, channel: str) -> str:
+        return f"{self.prefix}offset:{channel}"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.prefix}session:{session_id}"
+
+    def rate(self, session_id: str) -> str:
+        return f"{self.prefix}rate:{session_id}"
+
+    def presence(self, session_id: str) -> str:
+        """The hubs that hold streams of the session."""
+        return f"{self.prefix}presence:{session_id}"
+
+    def held(self, hub_id: str) -> str:
+        """The sessions the hub holds streams of (what to sweep if it dies)."""
+        return f"{self.prefix}held:{hub_id}"
+
+    def room(self, room_id: str) -> str:
+        return f"{self.prefix}room:{room_id}"
+
+    def alive(self, hub_id: str) -> str:
+        return f"{self.prefix}alive:{hub_id}"

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import urllib.request
 
+from cli_helpers import TIME, Proc
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import scaled
+
+# The start-up line of the metrics door (hub.cli.door_lines).
+METRICS_LINE = re.compile(
+    rf"{TIME} <<Server>>: serving Prometheus metrics \(HTTP\) on "
+    r"(?P<url>http://127\.0\.0\.1:\d+/metrics)"
+)
 
 # The series a family of each type exports beside its name.
 SUFFIXES = {
@@ -51,6 +59,11 @@ class Scrape:
             for sample in self.samples
             if sample.name == name and labels.items() <= sample.labels.items()
         )
+
+
+def metrics_url(proc: Proc) -> str:
+    """Where a hub process serves its metrics: its start-up lines say."""
+    return proc.expect(METRICS_LINE)["url"]
 
 
 def fetch(url: str) -> Scrape:

@@ -17,20 +17,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cli_helpers import HUB, PASSWORD, TIME, Proc, Procs, hub_env, server_args, timeout
+from cli_helpers import HUB, PASSWORD, Proc, Procs, hub_env, server_args, timeout
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from scrape import fetch
+from scrape import fetch, metrics_url
 
 from hub.proto import chat_pb2, chat_pb2_grpc
 
-METRICS_LINE = re.compile(
-    rf"{TIME} <<Server>>: serving Prometheus metrics \(HTTP\) on "
-    r"(?P<url>http://127\.0\.0\.1:\d+/metrics)"
-)
 EVERY_SERVICE = {
     "chat.Chat",
     "chat.Rooms",
@@ -54,11 +50,6 @@ def probe(address: str) -> subprocess.CompletedProcess[str]:
 def start(procs: Procs, *args: str) -> tuple[Proc, str]:
     proc, port = procs.server(*server_args(), *args)
     return proc, f"127.0.0.1:{port}"
-
-
-def metrics_url(proc: Proc) -> str:
-    """Where a hub serves its metrics: its start-up lines say."""
-    return proc.expect(METRICS_LINE)["url"]
 
 
 def test_the_probe_says_serving_and_watch_sees_not_serving_on_sigterm(procs: Procs) -> None:

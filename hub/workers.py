@@ -54,6 +54,11 @@ def refusal(config: Config) -> str | None:
             "--workers needs --redis URL (or HUB_REDIS_URL): without a shared backplane "
             "each worker would be a separate hub behind one port"
         )
+    if config.metrics_address != "none":
+        return (
+            "--metrics-address with --workers is not supported: each worker counts its "
+            "own share, and one shared port would show a different worker at each scrape"
+        )
     from hub.app import StartError, backplane_for
     from hub.settings import Settings
 

@@ -154,17 +154,28 @@ NO_SECRET = (
 )
 
 
-@pytest.mark.parametrize("missing", ["redis", "secret"])
-def test_workers_are_refused_in_one_line_without_redis_or_the_secret(
+NO_METRICS = (
+    "--metrics-address with --workers is not supported: each worker counts its own share, "
+    "and one shared port would show a different worker at each scrape"
+)
+
+
+@pytest.mark.parametrize("missing", ["redis", "secret", "metrics"])
+def test_workers_are_refused_in_one_line(
     procs: Procs, redis_server: RedisServer, missing: str
 ) -> None:
-    """Refused once, by the parent, not once per worker."""
+    """Without Redis or the shared secret, or with metrics: refused once, by the
+    parent, not once per worker."""
     env = hub_env(HUB_REDIS_URL=redis_server.url)
-    env.pop({"redis": "HUB_REDIS_URL", "secret": "HUB_TOKEN_SECRET"}[missing])
+    if missing == "metrics":
+        env["HUB_METRICS_ADDRESS"] = "127.0.0.1:0"
+    else:
+        env.pop({"redis": "HUB_REDIS_URL", "secret": "HUB_TOKEN_SECRET"}[missing])
     parent = procs.start("-s", "-p", PASSWORD, "--workers", "2", env=env)
     assert parent.wait() == 1
     (line,) = parent.lines
-    assert line.endswith(f"<<Process>>: {NO_REDIS if missing == 'redis' else NO_SECRET}")
+    why = {"redis": NO_REDIS, "secret": NO_SECRET, "metrics": NO_METRICS}[missing]
+    assert line.endswith(f"<<Process>>: {why}")
 
 
 def test_no_workers_is_a_bad_configuration(procs: Procs) -> None:

@@ -12,23 +12,21 @@ one of the hub's options.
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import kubernetes_validate
 import pytest
 import yaml
-from cli_helpers import Procs
+from cli_helpers import Procs, timeout
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from hub.cli import COMMANDS
 from hub.config import OPTIONS, Config, load
 from hub.core.tokens import SECRET_FILE_ENV
-from hub.probe import probe_address
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -42,7 +40,6 @@ YAMLLINT = YamlLintConfig(
 # (--device-address), stream (--stream-address).
 DOORS = {"chat": "host", "devices": "device_address", "stream": "stream_address"}
 PUBLIC_PORTS = {"chat": 6262, "devices": 50051, "stream": 8080}
-PROBES = ("readinessProbe", "livenessProbe")
 
 
 @pytest.fixture
@@ -144,29 +141,25 @@ def test_kubernetes_runs_three_hubs_on_redis_with_the_ports_the_hub_serves() -> 
 
 
 def test_kubernetes_probes_ask_the_chat_door() -> None:
-    """Both probes run ``hub health`` in the container's environment, which asks
-    the port the chat door listens on."""
+    """Readiness asks the gRPC health service on the chat port; liveness only
+    that the chat port takes connections."""
     container = hub_container()
-    env = container_env(container)
-    chat_port = hub_doors(hub_config(container["args"], env))["chat"]
-    for probe in ("readinessProbe", "livenessProbe"):
-        command = container[probe]["exec"]["command"]
-        assert command[:2] == ["hub", "health"] and command[1] in COMMANDS, probe
-        probed = probe_address(load(command[2:], env).host)
-        assert probed == f"127.0.0.1:{chat_port}", probe
+    chat_port = hub_doors(hub_config(container["args"], container_env(container)))["chat"]
+    assert container["readinessProbe"]["grpc"] == {"port": chat_port}
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert named[container["livenessProbe"]["tcpSocket"]["port"]] == chat_port
 
 
-def test_the_probe_command_tells_a_serving_hub_from_none(procs: Procs) -> None:
-    """The probes' command, run for real against a hub process (its address moved
-    to a free port): 0 while it serves, 1 once it is gone."""
-    (command,) = {tuple(hub_container()[p]["exec"]["command"]) for p in PROBES}
-    server, port = procs.server()
-    probe = procs.start(*command[1:], "-h", f"127.0.0.1:{port}")
-    assert probe.wait() == 0, probe.lines
-    server.signal(signal.SIGTERM)
-    assert server.wait() == 0
-    probe = procs.start(*command[1:], "-h", f"127.0.0.1:{port}")
-    assert probe.wait() == 1, probe.lines
+def test_a_hub_answers_the_readiness_probe(procs: Procs) -> None:
+    """What Kubernetes' gRPC probe sends (grpc.health.v1 Check, no service
+    name), sent to a hub process: SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    _, port = procs.server()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout(10))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_kubernetes_secret_holds_what_the_hubs_read() -> None:

@@ -18,10 +18,12 @@ ENV PYTHONUNBUFFERED=1 \
 
 COPY . /src
 # `hub --help` proves the entry point imports (opuslib finds libopus), and the
-# check proves the bundled sounds (package data) are where the hub looks.
-RUN pip install --no-cache-dir /src \
+# check proves the bundled sounds (package data) are where the hub looks. The
+# redis extra: deploy/ runs this image as several hubs with --redis.
+RUN pip install --no-cache-dir "/src[redis]" \
     && rm -rf /src \
     && hub --help > /dev/null \
+    && python -c "import hub.backplane" \
     && python -c "from hub.audio.library import SoundLibrary as L; assert len(L.from_folder()) == 5"
 
 RUN useradd --system --user-group --uid 10001 --no-create-home --home-dir /nonexistent hub

@@ -34,7 +34,12 @@ STARTING = re.compile(r"starting on (\S+):(\d+)")
 
 
 class HubProcess:
-    """The hub as a subprocess, its CPU and memory watched from outside."""
+    """The hub as a subprocess, its CPU and memory watched from outside.
+
+    With ``--workers N`` among its arguments the hub is a parent and N worker
+    processes: start waits for all N start lines, and CPU and memory are the
+    whole tree's.
+    """
 
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
@@ -69,11 +74,13 @@ class HubProcess:
                 stdout=log,
                 stderr=log,
             )
+        starts = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
         deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_text(errors="replace")
-            if match := STARTING.search(text):
-                self.address = f"{match.group(1)}:{match.group(2)}"
+            matches = list(STARTING.finditer(text))
+            if len(matches) >= starts:
+                self.address = f"{matches[0].group(1)}:{matches[0].group(2)}"
                 break
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}:\n{text}")
@@ -81,24 +88,28 @@ class HubProcess:
         else:
             raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
         self.ps = psutil.Process(self.proc.pid)
+        self.tree = [self.ps, *self.ps.children(recursive=True)]
         threading.Thread(target=self._sample, daemon=True).start()
+
+    def _rss(self) -> int:
+        return sum(p.memory_info().rss for p in self.tree)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.1):
             try:
-                rss = self.ps.memory_info().rss
-                times = self.ps.cpu_times()
+                rss = self._rss()
+                cpu = self.cpu()
             except Exception:
                 return
             self.rss_peak = max(self.rss_peak, rss)
             if self._in_window:
                 self._window_peak = max(self._window_peak, rss)
-            self.cpu_samples.append((time.monotonic(), times.user + times.system))
+            self.cpu_samples.append((time.monotonic(), cpu))
 
     def window(self, on: bool) -> None:
         """Start or end the measured window, for ``window_peak_mb``."""
         if on:
-            self._window_peak = self.ps.memory_info().rss
+            self._window_peak = self._rss()
         self._in_window = on
 
     @property
@@ -106,9 +117,8 @@ class HubProcess:
         return self._window_peak / 2**20
 
     def cpu(self) -> float:
-        """CPU seconds of the server so far, user + system, all threads."""
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
+        """CPU seconds of the server so far, user + system, all threads (and workers)."""
+        return float(sum(t.user + t.system for t in (p.cpu_times() for p in self.tree)))
 
     def peak_cpu_pct(self, t0: float, t1: float, span: float = 1.0) -> float:
         """The busiest ``span`` seconds between t0 and t1, in % of one core."""
@@ -190,6 +200,15 @@ def shut_doors(module: str, cwd: str | None) -> tuple[str, ...]:
         timeout=60,
     ).stdout
     return tuple(x for flag in ("--stream-address",) if flag in text for x in (flag, "none"))
+
+
+def raise_fd_limit() -> None:
+    """Open files up to the hard limit: every client connection is a descriptor."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def server_env(items: Sequence[str]) -> dict[str, str]:

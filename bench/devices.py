@@ -34,7 +34,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,7 @@ from bench.common import (
     machine_busy,
     mark,
     ms,
+    raise_fd_limit,
     server_env,
     shut_doors,
     start_py_spy,
@@ -1156,9 +1156,7 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     scenarios = scenarios_from(args)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     if args.py_spy:
         Path(args.py_spy).mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-devices-"))

@@ -34,7 +34,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import resource
 import signal
 import socket
 import subprocess
@@ -56,6 +55,7 @@ from bench.common import (
     machine_busy,
     mark,
     ms,
+    raise_fd_limit,
     server_env,
     start_py_spy,
     wait_quiet,
@@ -886,9 +886,7 @@ def main(argv: list[str] | None = None) -> int:
         for ms in args.frame_ms.split(",")
         for n in args.listeners.split(",")
     ]
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     if args.py_spy:
         Path(args.py_spy).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-tcp-"))

@@ -8,9 +8,10 @@ every door on a free port. Parts, each with its own figures:
   (same hub) and on hub B (cross hub, through Redis), Redis's CPU.
 - ``logout``: a session logged in on hub A with a stream open on hub B;
   Logout on A, until B ends the stream: p50/p99/max.
-- ``room``: a device room watched on hub B, Play pressed on hub A: whether
-  and when the far hub hears of it (rooms are shared only once the hub shares
-  device rooms through Redis; until then this says so).
+- ``room``: device audio streams on both hubs of one room, hub A driving it,
+  Play pressed at A: Play -> first packet on each hub, underruns, and the
+  audio gap at hub B when hub A is SIGKILLed mid-sound (another hub takes the
+  room over).
 - ``workers``: bench.chat's scenarios against one hub process, one hub on
   Redis, and ``--workers 2`` on Redis.
 
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import itertools
 import multiprocessing as mp
 import os
 import platform
@@ -341,40 +343,121 @@ def describe_logout(res: dict[str, Any]) -> str:
     )
 
 
-# -- a device room seen from two hubs ----------------------------------------------
+# -- a device room shared by two hubs ----------------------------------------------
+
+ROOM = "bench-room"
+ROOM_LISTENERS = 10  # ServerAudioStream listeners on each hub
+GAP_MS = 60.0  # a listener's inter-packet gap above this is an underrun (20 ms packets)
 
 
-async def _room_reach(a: str, b: str, wait_s: float) -> float | None:
-    """Watch room on hub B, press Play on hub A: ms until B tells of it, or None."""
+class AudioListener:
+    """One device: its StatusStream (its presence in the room, read and dropped) and
+    its ServerAudioStream, every packet's arrival time kept."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        # (monotonic arrival, is_start, is_end) of every packet
+        self.packets: list[tuple[float, bool, bool]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        import grpc
+
+        from hub.proto import comms_pb2, comms_pb2_grpc
+
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            stub = comms_pb2_grpc.DeviceServiceStub(channel)  # type: ignore[no-untyped-call]
+            metadata = (("device_id", ROOM),)
+            status = stub.StatusStream(metadata=metadata)
+            call = stub.ServerAudioStream(
+                comms_pb2.AudioStreamRequest(start=True), metadata=metadata
+            )
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await status.read()  # the room's frame: this device is in the room
+                async for packet in call:
+                    self.packets.append((time.monotonic(), packet.is_start, packet.is_end))
+
+    def first_after(self, t0: float) -> float | None:
+        return next((t for t, _, _ in self.packets if t >= t0), None)
+
+    def gaps_between(self, t0: float, t1: float) -> list[float]:
+        times = [t for t, _, _ in self.packets if t0 <= t <= t1]
+        return [1000 * (b - a) for a, b in itertools.pairwise(times)]
+
+    def well_formed(self) -> bool:
+        """Never an end without its start, never a start inside an open stream."""
+        open_ = False
+        for _, start, end in self.packets:
+            if start:
+                if open_:
+                    return False
+                open_ = True
+            if end:
+                if not open_:
+                    return False
+                open_ = False
+        return True
+
+
+async def _room_run(a: HubProcess, b: HubProcess, play_s: float) -> dict[str, Any]:
+    """Listeners on both hubs, hub A drives; Play at A; then SIGKILL A, seen from B."""
     import grpc
 
     from hub.proto import chat_pb2, chat_pb2_grpc
 
-    async with grpc.aio.insecure_channel(a) as ca, grpc.aio.insecure_channel(b) as cb:
+    listeners = {"a": [AudioListener(a.address) for _ in range(ROOM_LISTENERS)]}
+    listeners["b"] = [AudioListener(b.address) for _ in range(ROOM_LISTENERS)]
+    for name in ("a", "b"):  # hub A opens the room first: it drives it
+        for listener in listeners[name]:
+            listener.task = asyncio.get_running_loop().create_task(listener.run())
+        await asyncio.sleep(0.5)  # let the streams open (a benchmark's settling time)
+    async with grpc.aio.insecure_channel(a.address) as ca:
         login = await chat_pb2_grpc.ChatStub(ca).Login(  # type: ignore[no-untyped-call]
-            chat_pb2.LoginRequest(name="roomwatcher", password=PASSWORD)
+            chat_pb2.LoginRequest(name="roompresser", password=PASSWORD)
         )
         metadata = ((chat.TOKEN_HEADER, login.token),)
-        watch = chat_pb2_grpc.RoomsStub(cb).Watch(  # type: ignore[no-untyped-call]
-            chat_pb2.WatchRequest(room="bench-room"), metadata=metadata
-        )
-        first = await asyncio.wait_for(watch.read(), 10)  # the room's state: watching
-        t0 = time.monotonic()
+        pressed = time.monotonic()
         await chat_pb2_grpc.RoomsStub(ca).Press(  # type: ignore[no-untyped-call]
-            chat_pb2.PressRequest(room="bench-room", button=chat_pb2.PressRequest.PLAY),
+            chat_pb2.PressRequest(room=ROOM, button=chat_pb2.PressRequest.PLAY),
             metadata=metadata,
         )
-        try:
-            while True:
-                event = await asyncio.wait_for(watch.read(), wait_s)
-                if event is grpc.aio.EOF:
-                    return None
-                if event.text != first.text and "play" in event.text.lower():
-                    return 1000 * (time.monotonic() - t0)
-        except TimeoutError:
-            return None
-        finally:
-            watch.cancel()
+    await asyncio.sleep(play_s)  # the sound plays: the window for underruns
+    assert a.proc is not None
+    killed = time.monotonic()
+    a.proc.kill()
+    await asyncio.sleep(4.0)  # enough for another hub to take over (lease 1.2 s)
+    for listener in listeners["a"] + listeners["b"]:
+        assert listener.task is not None
+        listener.task.cancel()
+    await asyncio.gather(
+        *(x.task for x in listeners["a"] + listeners["b"] if x.task), return_exceptions=True
+    )
+
+    def reach(name: str) -> list[float]:
+        return sorted(
+            1000 * (t - pressed)
+            for x in listeners[name]
+            if (t := x.first_after(pressed)) is not None
+        )
+
+    gaps = [
+        g for name in "ab" for x in listeners[name] for g in x.gaps_between(pressed + 0.5, killed)
+    ]
+    failover = []
+    for x in listeners["b"]:
+        before = [t for t, _, _ in x.packets if t < killed]
+        after = [t for t, start, _ in x.packets if t >= killed and start]
+        if before and after:
+            failover.append(1000 * (after[0] - before[-1]))
+    return {
+        "reach_a": reach("a"),
+        "reach_b": reach("b"),
+        "underruns": sum(1 for g in gaps if g > GAP_MS),
+        "max_gap_ms": round(max(gaps, default=0.0), 1),
+        "failover_ms": sorted(failover),
+        "well_formed": all(x.well_formed() for x in listeners["b"]),
+        "listeners": ROOM_LISTENERS,
+    }
 
 
 def room_across(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
@@ -384,23 +467,33 @@ def room_across(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     try:
         for label in ("a", "b"):
             hubs.append(start_hub(log_dir, f"room-{label}", ["--redis", redis.url]))
-        reach = asyncio.run(_room_reach(hubs[0].address, hubs[1].address, 3.0))
+        res = asyncio.run(_room_run(hubs[0], hubs[1], 2.5))
     finally:
         for hub in hubs:
             hub.stop()
         redis.stop()
-    return {"part": "room", "play_to_far_hub_ms": None if reach is None else round(reach, 1)}
+    return {"part": "room", **res}
 
 
 def describe_room(res: dict[str, Any]) -> str:
-    reach = res["play_to_far_hub_ms"]
-    if reach is None:
-        return (
-            "== room: Play pressed on hub A, watched from hub B: nothing reached hub B in 3 s\n"
-            "   not available: rooms are per hub (underruns, Play -> first packet on the far "
-            "hub and the audio gap at failover need shared device rooms)"
-        )
-    return f"== room: Play on hub A reached a watcher on hub B after {reach} ms"
+    def p(values: list[float]) -> str:
+        if not values:
+            return "none"
+        return f"p50 {ms(values[len(values) // 2])} max {ms(values[-1])} ms (n={len(values)})"
+
+    failover = res["failover_ms"]
+    verdict = "PASS" if failover and failover[-1] <= 2000 and res["well_formed"] else "FAIL"
+    return "\n".join(
+        [
+            f"== room: {res['listeners']} device audio streams on each of two hubs; "
+            "hub A drives the room, Play pressed at A",
+            f"   Play -> 1st packet  same hub {p(res['reach_a'])}; far hub {p(res['reach_b'])}",
+            f"   underruns           {res['underruns']} gaps > {GAP_MS:.0f} ms while playing "
+            f"(max gap {res['max_gap_ms']} ms)",
+            f"   failover            hub A SIGKILLed: audio gap at hub B {p(failover)}; "
+            f"streams well formed: {res['well_formed']} {verdict}",
+        ]
+    )
 
 
 # -- --workers 2 against 1, on bench.chat's scenarios ----------------------------------
@@ -469,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.cluster",
         description="Two hubs on one redis-server on this machine: chat across hubs, "
-        "Logout across hubs, a room seen from two hubs, --workers 2 against 1.",
+        "Logout across hubs, a room shared by two hubs and its failover, --workers 2 against 1.",
     )
     p.add_argument("--part", action="append", choices=PARTS, help="run only these (repeatable)")
     p.add_argument(

@@ -115,7 +115,9 @@ def door_lines(grpc_bound: list[str], stream_bound: str | None) -> list[str]:
 
 async def serve(config: Config, printer: Printer) -> int:
     grpc_addresses = [config.host]
-    if config.device_address != "none" and config.device_address != config.host:
+    # The same address twice is one door; port 0 twice asks for two free ports.
+    same = config.device_address == config.host and not config.host.endswith(":0")
+    if config.device_address != "none" and not same:
         grpc_addresses.append(config.device_address)
     stream_address = None if config.stream_address == "none" else config.stream_address
     try:

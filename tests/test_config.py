@@ -85,6 +85,18 @@ def test_the_environment_places_every_door(procs: Procs) -> None:
     stop(server)
 
 
+def test_port_zero_for_both_grpc_doors_binds_two_free_ports(procs: Procs) -> None:
+    server = procs.start(
+        "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "127.0.0.1:0",
+        "--stream-address", "none", env=hub_env(),
+    )  # fmt: skip
+    server.expect(rf'{TIME} <<Server>>: starting on 127\.0\.0\.1:\d+ with password ".*"', 20)
+    serving = rf"{TIME} <<Server>>: serving chat, rooms and devices \(gRPC\) on 127\.0\.0\.1:(\d+)"
+    ports = {int(server.expect(serving, 5).group(1)) for _ in range(2)}
+    assert len(ports) == 2, ports
+    stop(server)
+
+
 def test_a_config_file_places_the_hub_and_sets_its_password(procs: Procs, tmp_path: Path) -> None:
     stream = free_port()
     config = tmp_path / "hub.toml"

@@ -8,7 +8,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -26,6 +26,7 @@ from chat_helpers import (
     kind,
     login,
     logout,
+    no_errors_logged,  # noqa: F401 (autouse)
     rpc_error,
     timeout,
     wait_subscribers,
@@ -45,25 +46,6 @@ from hub.settings import ChatSettings, Settings
 pytestmark = pytest.mark.asyncio
 
 Code = grpc.StatusCode
-
-
-@pytest.fixture(autouse=True)
-def no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Refusals are answers, not failures: nothing here may log an error."""
-    yield
-    errors = [
-        r
-        for r in caplog.get_records("call")
-        if r.levelno >= logging.ERROR and not grpc_loop_noise(r)
-    ]
-    assert not errors, [r.getMessage() for r in errors]
-
-
-def grpc_loop_noise(record: logging.LogRecord) -> bool:
-    # grpc.aio's one completion queue outlives each test's event loop: a late
-    # completion for an earlier test's (closed) loop is logged on the current
-    # one (grpc/grpc#34139, #36096). Not the hub's doing.
-    return record.name == "asyncio" and "PollerCompletionQueue" in record.getMessage()
 
 
 # The chat needs no sound library: one tiny generated sound keeps each hub's

@@ -25,10 +25,27 @@ def read_all(sound: Sound) -> Pcm:
     return np.concatenate(list(sound.blocks()))
 
 
-def tone(freq: float, seconds: float, *, rate: int = SAMPLE_RATE, amplitude: float = 0.5) -> Pcm:
-    """A sine of ``freq`` Hz, float32, at ``rate``."""
+def tone(
+    freq: float,
+    seconds: float,
+    *,
+    rate: int = SAMPLE_RATE,
+    amplitude: float = 0.5,
+    fade: float = 0.0,
+    overtone: float = 0.0,
+) -> Pcm:
+    """A sine of ``freq`` Hz, float32, at ``rate``.
+
+    For a tone that stands in for music: ``fade`` seconds of ramp at each end
+    (no clicks) and ``overtone``, the amplitude of a soft second partial.
+    """
     t = np.arange(round(seconds * rate)) / rate
-    out: Pcm = (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    wave = amplitude * np.sin(2 * np.pi * freq * t)
+    if overtone:
+        wave = wave + overtone * np.sin(2 * np.pi * 2.01 * freq * t)
+    if fade:
+        wave = np.minimum(1.0, np.minimum(t, seconds - t) / fade) * wave
+    out: Pcm = wave.astype(np.float32)
     return out
 
 

@@ -13,8 +13,7 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile as sf
-from chat_helpers import SECRET, run_hub
+from chat_helpers import SECRET, no_errors_logged, run_hub  # noqa: F401
 from device_helpers import DeviceHub, NewDevice, StartHub, device_hub_settings
 from stock_device import StockDevice
 
@@ -72,14 +71,6 @@ def device_settings(request: pytest.FixtureRequest) -> Settings:
         assert isinstance(param, Settings)
         return param
     return device_hub_settings()
-
-
-@pytest.fixture(autouse=True)
-def no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Nothing a device does, right or wrong, may make the hub log an error."""
-    yield
-    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
-    assert not errors, [r.getMessage() for r in errors]
 
 
 @pytest_asyncio.fixture

@@ -261,6 +261,22 @@ def workers_cpu(workers: list[Worker]) -> float:
     return total
 
 
+def spread(clients: int, procs: int) -> list[int]:
+    """``clients`` split as evenly as can be over at most ``procs`` processes
+    (at least one; never one with none)."""
+    procs = max(1, min(procs, clients))
+    return [clients // procs + (i < clients % procs) for i in range(procs)]
+
+
+def end_workers(workers: list[Worker]) -> None:
+    """Wait for each worker to exit (told to quit, or done); terminate a straggler."""
+    for w in workers:
+        w.proc.join(5)
+        if w.proc.is_alive():
+            w.proc.terminate()
+            w.proc.join(5)
+
+
 # -- options shared by every benchmark -----------------------------------------
 
 

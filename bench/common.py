@@ -346,6 +346,45 @@ def start_py_spy(
     )
 
 
+# -- figures -------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float, places: int) -> float | None:
+    """The q-th percentile (linear between the nearest two), rounded; None if empty."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return round(s[lo] + (s[hi] - s[lo]) * (k - lo), places)
+
+
+def latencies(values: list[float], places: int) -> dict[str, Any]:
+    """Count, p50, p90, p99 and max of some latencies, rounded."""
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50, places),
+        "p90": percentile(values, 90, places),
+        "p99": percentile(values, 99, places),
+        "max": round(max(values), places) if values else None,
+    }
+
+
+def underrun_clusters(times: list[int], frame_ns: int) -> list[dict[str, Any]]:
+    """Underruns grouped by when they happened: many listeners at one instant
+    point at the server (or the machine), scattered ones at the clients."""
+    out: list[dict[str, Any]] = []
+    for t in times:
+        if out and t - out[-1]["_last"] <= 5 * frame_ns:
+            out[-1]["listeners"] += 1
+            out[-1]["_last"] = t
+        else:
+            out.append({"t_ns": t, "listeners": 1, "_last": t})
+    for c in out:
+        del c["_last"]
+    return out[:20]
+
+
 # -- output --------------------------------------------------------------------
 
 

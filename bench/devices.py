@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import bisect
 import contextlib
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -55,13 +54,16 @@ from bench.common import (
     end_workers,
     expect,
     finish,
+    latencies,
     machine_busy,
     mark,
     ms,
+    percentile,
     server_env,
     shut_doors,
     spread,
     start_py_spy,
+    underrun_clusters,
     wait_quiet,
     workers_cpu,
 )
@@ -599,11 +601,6 @@ LATENCY_TARGET_AT = 100
 REALTIME_TARGET_AT = 1000  # 0 underruns, nothing dropped
 
 
-def _wait_quiet(args: argparse.Namespace) -> float:
-    """Background CPU (% of a core) over 1 s; waits up to --wait-quiet s for it to drop."""
-    return wait_quiet(args.wait_quiet, args.quiet_pct)
-
-
 @dataclass
 class _Rig:
     """One run's client processes (the controller, then the listeners), what
@@ -640,7 +637,7 @@ class _Rig:
 
 def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    background = _wait_quiet(args)
+    background = wait_quiet(args.wait_quiet, args.quiet_pct)
     server = Server(args, log_dir, sc.label, sc.frame_ms)
     server.start()
     rig = _Rig()
@@ -803,12 +800,7 @@ def _play_stop_cycles(rig: _Rig, args: argparse.Namespace) -> int:
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return round(s[lo] + (s[hi] - s[lo]) * (k - lo), 3)
+    return percentile(values, q, 3)
 
 
 def analyse(sc: Scenario, args: argparse.Namespace, **m: Any) -> dict[str, Any]:
@@ -928,7 +920,7 @@ def analyse(sc: Scenario, args: argparse.Namespace, **m: Any) -> dict[str, Any]:
         "underrun_gap_ms": args.gap_factor * sc.frame_ms,
         "underruns": underruns,
         "listeners_with_underruns": with_underruns,
-        "underrun_instants": _clusters(sorted(gap_times), frame_ns),
+        "underrun_instants": underrun_clusters(sorted(gap_times), frame_ns),
         "max_gap_ms": {
             "p50": _pct(max_gaps, 50),
             "p99": _pct(max_gaps, 99),
@@ -975,29 +967,8 @@ def analyse(sc: Scenario, args: argparse.Namespace, **m: Any) -> dict[str, Any]:
     return res
 
 
-def _clusters(times: list[int], frame_ns: int) -> list[dict[str, Any]]:
-    """Underruns grouped by when they happened: many listeners at one instant
-    point at the server (or the machine), scattered ones at the clients."""
-    out: list[dict[str, Any]] = []
-    for t in times:
-        if out and t - out[-1]["_last"] <= 5 * frame_ns:
-            out[-1]["listeners"] += 1
-            out[-1]["_last"] = t
-        else:
-            out.append({"t_ns": t, "listeners": 1, "_last": t})
-    for c in out:
-        del c["_last"]
-    return out[:20]
-
-
 def _lat(values: list[float]) -> dict[str, Any]:
-    return {
-        "n": len(values),
-        "p50": _pct(values, 50),
-        "p90": _pct(values, 90),
-        "p99": _pct(values, 99),
-        "max": round(max(values), 3) if values else None,
-    }
+    return latencies(values, 3)
 
 
 def check(res: dict[str, Any]) -> dict[str, bool]:

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -54,12 +53,15 @@ from bench.common import (
     columns,
     end_workers,
     finish,
+    latencies,
     machine_busy,
     mark,
     ms,
+    percentile,
     server_env,
     spread,
     start_py_spy,
+    underrun_clusters,
     wait_quiet,
     workers_cpu,
 )
@@ -210,10 +212,6 @@ def _softirq() -> float:
     return float(psutil.cpu_times().softirq)
 
 
-def _wait_quiet(args: argparse.Namespace) -> float:
-    return wait_quiet(args.wait_quiet, args.quiet_pct)
-
-
 # -- a scenario ------------------------------------------------------------------
 
 
@@ -248,7 +246,7 @@ def run_scenario(
 ) -> dict[str, Any]:
     """One scenario on a fresh server; every figure lands in ``m`` for ``analyse``."""
     ctx = mp.get_context("spawn")
-    background = _wait_quiet(args)
+    background = wait_quiet(args.wait_quiet, args.quiet_pct)
     server = Server(args, log_dir, sc.label, sc.frame_ms)
     server.start(music)
     rig = _Rig()
@@ -412,37 +410,11 @@ def _play_latencies(
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return round(s[lo] + (s[hi] - s[lo]) * (k - lo), 2)
+    return percentile(values, q, 2)
 
 
 def _lat(values: list[float]) -> dict[str, Any]:
-    return {
-        "n": len(values),
-        "p50": _pct(values, 50),
-        "p90": _pct(values, 90),
-        "p99": _pct(values, 99),
-        "max": round(max(values), 2) if values else None,
-    }
-
-
-def _clusters(times: list[int], frame_ns: int) -> list[dict[str, Any]]:
-    """Underruns grouped by instant: many listeners at once point at the
-    server (or the machine), scattered ones at the clients."""
-    out: list[dict[str, Any]] = []
-    for t in times:
-        if out and t - out[-1]["_last"] <= 5 * frame_ns:
-            out[-1]["listeners"] += 1
-            out[-1]["_last"] = t
-        else:
-            out.append({"t_ns": t, "listeners": 1, "_last": t})
-    for c in out:
-        del c["_last"]
-    return out[:20]
+    return latencies(values, 2)
 
 
 LEAD_NS = 60_000_000  # hub/audio/pacer.py DEFAULT_LEAD: packets leave this far ahead
@@ -598,7 +570,7 @@ def analyse(sc: Scenario, args: argparse.Namespace, m: dict[str, Any]) -> dict[s
         "listeners_with_underruns": sum(s[2] > 0 for s in snaps),
         "seq_gaps": seq_gaps,
         "listeners_with_seq_gaps": sum(s[3] > 0 for s in snaps),
-        "underrun_instants": _clusters(gap_times, frame_ns),
+        "underrun_instants": underrun_clusters(gap_times, frame_ns),
         "max_gap_ms": {
             "p50": _pct(max_gaps, 50),
             "p99": _pct(max_gaps, 99),

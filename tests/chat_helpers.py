@@ -23,6 +23,7 @@ from hub.core.hub import Hub
 from hub.proto import chat_pb2, chat_pb2_grpc
 from hub.rpc.chat import TOKEN_HEADER
 from hub.rpc.server import GrpcServer
+from hub.settings import Settings
 
 Event: TypeAlias = chat_pb2.StreamResponse
 
@@ -84,6 +85,15 @@ class ServedHub:
 
 
 ServeHub = Callable[..., Awaitable[ServedHub]]
+
+
+def settings_param(request: pytest.FixtureRequest, default: Callable[[], Settings]) -> Settings:
+    """A settings fixture's value: the test's ``indirect`` parameter, or ``default()``."""
+    param = getattr(request, "param", None)
+    if param is None:
+        return default()
+    assert isinstance(param, Settings)
+    return param
 
 
 class OpenChannel(Protocol):

@@ -30,7 +30,15 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from chat_helpers import PASSWORD, SECRET, OpenChannel, ServedHub, ServeHub, run_hub
+from chat_helpers import (
+    PASSWORD,
+    SECRET,
+    OpenChannel,
+    ServedHub,
+    ServeHub,
+    run_hub,
+    settings_param,
+)
 from cli_helpers import Procs
 
 from hub.clock import Clock
@@ -45,11 +53,7 @@ def token_secret() -> bytes:
 
 @pytest.fixture
 def hub_settings(request: pytest.FixtureRequest) -> Settings:
-    param = getattr(request, "param", None)
-    if param is not None:
-        assert isinstance(param, Settings)
-        return param
-    return Settings(chat=ChatSettings(password=PASSWORD))
+    return settings_param(request, lambda: Settings(chat=ChatSettings(password=PASSWORD)))
 
 
 @pytest_asyncio.fixture

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile as sf
-from chat_helpers import SECRET, no_errors_logged, run_hub  # noqa: F401
+from chat_helpers import SECRET, no_errors_logged, run_hub, settings_param  # noqa: F401
 from device_helpers import DeviceHub, NewDevice, StartHub, device_hub_settings
 from stock_device import StockDevice
 
@@ -66,11 +66,7 @@ def device_library(sound_files: list[Path]) -> SoundLibrary:
 
 @pytest.fixture
 def device_settings(request: pytest.FixtureRequest) -> Settings:
-    param = getattr(request, "param", None)
-    if param is not None:
-        assert isinstance(param, Settings)
-        return param
-    return device_hub_settings()
+    return settings_param(request, device_hub_settings)
 
 
 @pytest_asyncio.fixture

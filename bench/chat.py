@@ -26,7 +26,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from array import array
 from collections import Counter
 from collections.abc import Callable
@@ -570,23 +572,74 @@ async def _publisher_main(conn: Connection, cfg: dict[str, Any]) -> None:
 
 
 class Server(HubProcess):
-    """The hub for one chat scenario: rate limit off, the queue bound passed on."""
+    """The hub for one chat scenario: rate limit off, the queue bound passed on;
+    with ``metrics``, Prometheus metrics on, scraped every ``SCRAPE_EVERY`` s."""
 
-    def __init__(self, args: argparse.Namespace, log_dir: Path, label: str) -> None:
-        super().__init__(log_dir / f"server-{label}.log")
+    def __init__(
+        self, args: argparse.Namespace, log_dir: Path, label: str, *, metrics: bool = False
+    ) -> None:
+        super().__init__(log_dir / f"server-{label}{'-metrics' if metrics else ''}.log")
         self.args = args
+        self.metrics_url: str | None = None
+        self._scraping = threading.Event()
+        if metrics:
+            # A port picked here: the hub does not say which one it bound for port 0.
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            self.metrics_url = f"http://127.0.0.1:{port}/metrics"
 
     def start(self) -> None:  # type: ignore[override]
+        metrics = (
+            []
+            if self.metrics_url is None
+            else [
+                "--metrics-address",
+                self.metrics_url.removeprefix("http://").removesuffix("/metrics"),
+            ]
+        )
         super().start(
             self.args.server_module,
             [
                 "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none",
-                "--rate", "0", "--queue", str(self.args.queue),
+                "--rate", "0", "--queue", str(self.args.queue), *metrics,
                 *shut_doors(self.args.server_module, self.args.server_cwd), *self.args.server_arg,
             ],
             env=server_env(self.args.server_env),
             cwd=self.args.server_cwd,
         )  # fmt: skip
+        if self.metrics_url is not None:
+            threading.Thread(target=self._scrape_forever, daemon=True).start()
+
+    def _scrape_forever(self) -> None:
+        # As Prometheus would, at a brisk interval: the cost of being scraped
+        # (formatting every series, on the hub's HTTP thread) is part of the cost.
+        while not self._scraping.wait(SCRAPE_EVERY):
+            with contextlib.suppress(OSError):
+                self.scrape()
+
+    def scrape(self) -> dict[str, float]:
+        """Every sample of the hub's /metrics, by name and labels as one key."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        assert self.metrics_url is not None
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        return {
+            sample.name + "".join(f",{k}={v}" for k, v in sorted(sample.labels.items())): (
+                sample.value
+            )
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def stop(self) -> None:
+        self._scraping.set()
+        super().stop()
+
+
+# Seconds between scrapes of a hub with metrics on (Prometheus' default is 15-60).
+SCRAPE_EVERY = 5.0
 
 
 # -- scenarios and targets -------------------------------------------------
@@ -702,10 +755,13 @@ class _Window:
     other_cpu: float
 
 
-def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+def run_scenario(
+    sc: Scenario, args: argparse.Namespace, log_dir: Path, *, metrics: bool = False
+) -> dict[str, Any]:
     background = wait_quiet(args.wait_quiet, args.quiet_pct) if args.wait_quiet > 0 else None
     ctx = mp.get_context("spawn")
-    server = Server(args, log_dir, sc.label.replace("@", "_at_"))
+    server = Server(args, log_dir, sc.label.replace("@", "_at_"), metrics=metrics)
+    scraped: dict[str, float] = {}
     server.start()
     rig = _Rig()
     try:
@@ -714,6 +770,8 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
         start_ns = _start_publishing(rig, sc, args)
         done, results, window = _measure(rig, server, sc, args)
         vm_hwm = server.vm_hwm_mb()
+        if metrics:
+            scraped = server.scrape()
         for w in rig.pubs:
             w.conn.send(("stop",))
         if rig.spy is not None:
@@ -721,7 +779,9 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
     finally:
         rig.end()
         server.stop()
-    return _figures(sc, args, rig, server, start_ns, done, results, window, background, vm_hwm)
+    return _figures(
+        sc, args, rig, server, start_ns, done, results, window, background, vm_hwm, metrics, scraped
+    )
 
 
 def _start_clients(
@@ -808,6 +868,8 @@ def _figures(
     window: _Window,
     background: float | None,
     vm_hwm: float | None,
+    metrics: bool,
+    scraped: dict[str, float],
 ) -> dict[str, Any]:
     """Every figure of the run, as the JSON has them."""
     import numpy as np
@@ -908,6 +970,14 @@ def _figures(
         "publisher_cpu_s": round(pub_cpu, 3),
         "server_rss_peak_mb": round(server.window_peak_mb, 1),
         "server_vmhwm_mb": round(vm_hwm, 1) if vm_hwm is not None else None,
+        "metrics": metrics,
+        # What the hub counted, scraped after the drain: lines in and
+        # deliveries to the chat room (every stream, the transcript's included).
+        "scraped": {
+            key: scraped[key]
+            for key in ("hub_chat_lines_total", "hub_events_delivered_total,channel=chat")
+            if key in scraped
+        },
     }
     res["checks"] = check(res)
     res["pass"] = all(res["checks"].values()) if res["checks"] else None
@@ -937,7 +1007,8 @@ def describe(res: dict[str, Any]) -> str:
     lat = res["latency_ms"]
     rate = "fast" if res["rate_target"] is None else f"{res['rate_target']:g}/s"
     lines = [
-        f"== {res['scenario']}: {res['subscribers']} subscribers "
+        f"== {res['scenario']}{' with metrics' if res.get('metrics') else ''}: "
+        f"{res['subscribers']} subscribers "
         f"({res['subscriber_processes']} procs), {res['publishers']} publisher(s), rate {rate}",
         f"   publish rate achieved  {res['rate_achieved']}/s  ({res['sent']} sent)",
         f"   delivered              {res['delivered_per_s']:.0f} msg/s"
@@ -970,6 +1041,9 @@ def describe(res: dict[str, Any]) -> str:
         f"   server peak RSS        {res['server_rss_peak_mb']:.1f} MB"
         f" (VmHWM {res['server_vmhwm_mb']} MB)",
     ]
+    if res.get("scraped"):
+        counted = ", ".join(f"{k} {v:.0f}" for k, v in res["scraped"].items())
+        lines.append(f"   hub's own metrics      {counted}")
     if res["publisher_errors"]:
         lines.append(f"   publisher errors       {res['publisher_errors']}")
     if res["pass"] is not None:
@@ -1000,7 +1074,7 @@ def table(results: list[dict[str, Any]]) -> str:
         lat = r["latency_ms"]
         rows.append(
             (
-                r["scenario"],
+                r["scenario"] + (" +metrics" if r.get("metrics") else ""),
                 str(r["subscribers"]),
                 "fast" if r["rate_target"] is None else f"{r['rate_target']:g}",
                 f"{r['rate_achieved']}",
@@ -1018,6 +1092,33 @@ def table(results: list[dict[str, Any]]) -> str:
             )
         )
     return columns(rows)
+
+
+def metrics_cost(results: list[dict[str, Any]]) -> str:
+    """Per scenario: mean delivered msg/s and server CPU per delivery, metrics off and on."""
+    rows = [("scenario", "runs", "delivered/s off", "on", "change", "us/delivery off", "on")]
+    for label in dict.fromkeys(r["scenario"] for r in results):
+        off = [r for r in results if r["scenario"] == label and not r["metrics"]]
+        on = [r for r in results if r["scenario"] == label and r["metrics"]]
+        if not off or not on:
+            continue
+
+        def mean(runs: list[dict[str, Any]], key: str) -> float:
+            return sum(r[key] or 0.0 for r in runs) / len(runs)
+
+        d_off, d_on = mean(off, "delivered_per_s"), mean(on, "delivered_per_s")
+        rows.append(
+            (
+                label,
+                f"{len(off)}+{len(on)}",
+                f"{d_off:.0f}",
+                f"{d_on:.0f}",
+                f"{100 * (d_on - d_off) / d_off:+.1f}%" if d_off else "-",
+                f"{mean(off, 'server_us_per_delivery'):.1f}",
+                f"{mean(on, 'server_us_per_delivery'):.1f}",
+            )
+        )
+    return "metrics cost (means over the runs):\n" + columns(rows)
 
 
 # -- command line ----------------------------------------------------------
@@ -1069,6 +1170,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--stall-timeout", type=float, default=3.0, help="stop draining after no progress this long"
     )
     p.add_argument("--setup-timeout", type=float, default=120.0)
+    p.add_argument(
+        "--metrics",
+        choices=["off", "on", "both"],
+        default="off",
+        help="the hub's Prometheus metrics (scraped every 5 s): off, on, or both, "
+        "interleaved run by run, with the cost summed up at the end",
+    )
     add_common_options(p)
     return p
 
@@ -1088,19 +1196,23 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     results: list[dict[str, Any]] = []
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.metrics]
     for sc in scenarios:
         for _ in range(args.repeat):
-            try:
-                res = run_scenario(sc, args, log_dir)
-            except Exception as error:
-                print(f"== {sc.label}: FAILED TO RUN: {error}", flush=True)
-                results.append({"scenario": sc.label, "error": str(error)})
-                continue
-            print(describe(res), flush=True)
-            results.append(res)
+            for metrics in modes:
+                try:
+                    res = run_scenario(sc, args, log_dir, metrics=metrics)
+                except Exception as error:
+                    print(f"== {sc.label}: FAILED TO RUN: {error}", flush=True)
+                    results.append({"scenario": sc.label, "error": str(error)})
+                    continue
+                print(describe(res), flush=True)
+                results.append(res)
     ran = [r for r in results if "error" not in r]
     if ran:
         print("\n" + table(ran))
+    if len(modes) == 2 and ran:
+        print("\n" + metrics_cost(ran))
     finish(args, results, log_dir)
     return 0
 

@@ -13,6 +13,7 @@ from hub.audio.library import SoundLibrary
 from hub.audio.music import MusicFolder
 from hub.core.hub import Hub
 from hub.core.tokens import SECRET_ENV, SECRET_FILE_ENV
+from hub.metrics import Metrics, MetricsServer, PrometheusMetrics
 from hub.rpc.server import BindError, GrpcServer
 from hub.settings import Settings
 from hub.tcp.server import StreamServer
@@ -74,8 +75,10 @@ class App:
         self.settings = settings
         self.addresses = addresses
         self.backplane = backplane
+        operator = settings.operator
+        self.metrics = PrometheusMetrics() if operator.metrics_address else Metrics()
         if backplane is None:
-            self.hub = Hub(settings, secret=secret, library=library)
+            self.hub = Hub(settings, secret=secret, library=library, observer=self.metrics)
         else:
             self.hub = Hub(
                 settings,
@@ -84,9 +87,25 @@ class App:
                 broker=backplane.broker,
                 session_store=backplane.sessions,
                 presence=backplane.presence,
+                observer=self.metrics,
             )
-        self.grpc = GrpcServer(self.hub, addresses.grpc) if addresses.grpc else None
-        self.stream = StreamServer(self.hub, music) if addresses.stream else None
+            backplane.on_state = self.set_backplane
+            backplane.on_lag = self.metrics.backplane_lag
+        self.grpc = (
+            GrpcServer(
+                self.hub, addresses.grpc, metrics=self.metrics, reflection=operator.reflection
+            )
+            if addresses.grpc
+            else None
+        )
+        self.stream = (
+            StreamServer(self.hub, music, metrics=self.metrics) if addresses.stream else None
+        )
+        self.metrics.watch(self.hub)
+        self.metrics_server = (
+            MetricsServer(self.metrics.registry) if self.metrics.registry is not None else None
+        )
+        self._backplane_up = True
         self._stop = asyncio.Event()
 
     async def grpc_stop_now(self) -> None:
@@ -96,14 +115,27 @@ class App:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def set_backplane(self, up: bool) -> None:
+        """The backplane (Redis, shared by several hubs) became reachable or not.
+
+        While it is not, health says NOT_SERVING: this hub would serve rooms
+        cut off from the other hubs' members. Its return is a reconnection.
+        """
+        if up and not self._backplane_up:
+            self.metrics.backplane_reconnected()
+        self._backplane_up = up
+        self.metrics.backplane_up(up)
+        if self.grpc is not None:
+            self.grpc.health.set_backplane(up)
+
     async def run(
         self,
         on_started: Callable[[list[str]], Awaitable[None]] | None = None,
         on_stopping: Callable[[], None] | None = None,
     ) -> None:
         """Serve until SIGINT or SIGTERM; ``on_started`` gets the bound addresses
-        (gRPC ones first, the stream one last). Raises ``StartError`` when the
-        backplane is out of reach."""
+        (gRPC ones first, then the stream one, then the metrics one). Raises
+        ``StartError`` when the backplane is out of reach."""
         if self.backplane is not None:
             from hub.backplane import BackplaneError
 
@@ -125,12 +157,19 @@ class App:
     ) -> None:
         await self.hub.start()
         bound = await self.grpc.start() if self.grpc else []
-        if self.stream is not None and self.addresses.stream is not None:
-            try:
-                bound.append(await self.stream.start(self.addresses.stream))
-            except OSError as error:
-                await self.grpc_stop_now()
-                raise BindError(f"{self.addresses.stream}: {error.strerror or error}") from None
+        try:
+            if self.stream is not None and self.addresses.stream is not None:
+                bound.append(await self._bind(self.stream.start, self.addresses.stream))
+            metrics_address = self.settings.operator.metrics_address
+            if self.metrics_server is not None and metrics_address is not None:
+                bound.append(await self._bind(self.metrics_server.start, metrics_address))
+        except BindError:
+            await self.grpc_stop_now()
+            if self.stream is not None:
+                await self.stream.close()
+            raise
+        if self.grpc is not None:
+            await self.grpc.health.ready()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._stop.set)
@@ -138,6 +177,9 @@ class App:
             if on_started is not None:
                 await on_started(bound)
             await self._stop.wait()
+            # Health first: probes stop sending traffic before streams end.
+            if self.grpc is not None:
+                await self.grpc.health.stopping()
             if on_stopping is not None:
                 on_stopping()
             log.info("shutting down")
@@ -149,7 +191,16 @@ class App:
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
             await self.hub.close()
             # Sounds encoded part of the way hold a file and a resampler each;
             # at exit those would be reported as leaked (see PacketCache.close).
             await self.hub.rooms.cache.close()
+
+    @staticmethod
+    async def _bind(start: Callable[[str], Awaitable[str]], address: str) -> str:
+        try:
+            return await start(address)
+        except OSError as error:
+            raise BindError(f"{address}: {error.strerror or error}") from None

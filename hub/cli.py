@@ -33,7 +33,7 @@ from hub.core.tokens import SECRET_ENV, SECRET_FILE_ENV, load_secret
 from hub.errors import Unavailable
 from hub.lines import PROCESS, SERVER, Printer
 from hub.rpc.server import BindError
-from hub.settings import ChatSettings, DeviceSettings, Settings, StreamSettings
+from hub.settings import ChatSettings, DeviceSettings, OperatorSettings, Settings, StreamSettings
 
 log = logging.getLogger("hub")
 
@@ -102,14 +102,22 @@ def settings_from(config: Config) -> Settings:
             handshake_timeout=config.handshake_timeout,
             max_connections_per_peer=config.max_connections_per_peer,
         ),
+        operator=OperatorSettings(
+            metrics_address=None if config.metrics_address == "none" else config.metrics_address,
+            reflection=config.reflection,
+        ),
     )
 
 
-def door_lines(grpc_bound: list[str], stream_bound: str | None) -> list[str]:
+def door_lines(
+    grpc_bound: list[str], stream_bound: str | None, metrics_bound: str | None = None
+) -> list[str]:
     """What the server says it serves, one line for every door and port bound."""
     lines = [f"serving chat, rooms and devices (gRPC) on {where}" for where in grpc_bound]
     if stream_bound is not None:
         lines.append(f"serving music and room streaming (TCP) on {stream_bound}")
+    if metrics_bound is not None:
+        lines.append(f"serving Prometheus metrics (HTTP) on http://{metrics_bound}/metrics")
     return lines
 
 
@@ -177,9 +185,11 @@ async def serve(config: Config, printer: Printer) -> int:
         tune_gc()
         # The reference's line first, as it prints it; then every door.
         printer.line(SERVER, f'starting on {bound[0]} with password "{config.password}"')
-        grpc_bound = bound[: len(bound) - (stream_address is not None)]
-        stream_bound = bound[-1] if stream_address is not None else None
-        for line in door_lines(grpc_bound, stream_bound):
+        # App.run's order: the gRPC addresses, then the stream's, then the metrics'.
+        rest = bound[len(grpc_addresses) :]
+        stream_bound = rest.pop(0) if stream_address is not None else None
+        metrics_bound = rest.pop(0) if settings.operator.metrics_address is not None else None
+        for line in door_lines(bound[: len(grpc_addresses)], stream_bound, metrics_bound):
             printer.line(SERVER, line)
         app.hub.spawn(print_sessions())
 

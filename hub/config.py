@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.audio.opus import ALLOWED_FRAME_MS, OpusSettings
-from hub.settings import ChatSettings, DeviceSettings, StreamSettings
+from hub.settings import ChatSettings, DeviceSettings, OperatorSettings, StreamSettings
 
 ENV_PREFIX = "HUB_"
 # HUB_* names that belong to the test suite and the benchmarks, not to the
@@ -197,12 +197,14 @@ CLIENT = "client"
 SERVER = "server"
 STREAMING = "streaming over TCP (docs/protocol.md)"
 DEVICES = "devices"
+OPERATOR = "operating it (health is always on)"
 LOGS = "logs"
 
 _chat = ChatSettings()
 _devices = DeviceSettings()
 _opus = OpusSettings()
 _stream = StreamSettings()
+_operator = OperatorSettings()
 
 # Defaults: a setting's own, from hub/settings.py (or OpusSettings) where the
 # reason for it is written; the addresses are where each door's clients look
@@ -386,6 +388,20 @@ OPTIONS: tuple[Option, ...] = (
         _opus.frame_ms,
         "packet duration in ms; shorter is lower latency, more packets",
         DEVICES,
+    ),
+    Option(
+        "metrics_address",
+        ADDRESS_OR_NONE,
+        _operator.metrics_address or "none",
+        "serve Prometheus metrics at http://HOST:PORT/metrics (none: off, nothing counted)",
+        OPERATOR,
+    ),
+    Option(
+        "reflection",
+        BOOL,
+        _operator.reflection,
+        "serve gRPC reflection, for grpcurl list and describe",
+        OPERATOR,
     ),
     Option("log_format", _choice_kind(LOG_FORMATS), "text", "text, or JSON one a line", LOGS),
     # warning: per-session records are for -v; the <<Server>> lines say enough.

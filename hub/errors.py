@@ -38,6 +38,20 @@ class InvalidArgument(HubError):
 
 class Unauthenticated(HubError):
     code = Code.UNAUTHENTICATED
+    # Why, in one bounded word (a metrics label): never the token itself.
+    reason = "invalid_token"
+
+
+class MissingToken(Unauthenticated):
+    reason = "missing_token"
+
+
+class TokenExpired(Unauthenticated):
+    reason = "token_expired"
+
+
+class WrongPassword(Unauthenticated):
+    reason = "wrong_password"
 
 
 class PermissionDenied(HubError):

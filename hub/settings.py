@@ -127,8 +127,23 @@ class BackplaneSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OperatorSettings:
+    """What operators' tools see: metrics and gRPC reflection (health is always on)."""
+
+    # Where Prometheus scrapes ``/metrics`` (HOST:PORT); None serves no
+    # metrics and counts nothing. Off by default: a port nobody asked for is
+    # one more thing to firewall.
+    metrics_address: str | None = None
+    # gRPC reflection lets ``grpcurl list/describe`` work without the .proto
+    # files. On by default: the protos are public, and it costs nothing
+    # until asked; turn it off to publish less.
+    reflection: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     chat: ChatSettings = field(default_factory=ChatSettings)
     devices: DeviceSettings = field(default_factory=DeviceSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
     backplane: BackplaneSettings = field(default_factory=BackplaneSettings)
+    operator: OperatorSettings = field(default_factory=OperatorSettings)

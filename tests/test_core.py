@@ -16,6 +16,7 @@ from hub.core.broker import MemoryBroker, PublicationHandler
 from hub.core.chat import CHANNEL, check_message, check_name
 from hub.core.events import LeaveReason, ServerShutdown, UserJoined, UserLeft, UserMessage
 from hub.core.hub import Hub
+from hub.core.observer import Observer, Unobserved
 from hub.core.publication import Publication
 from hub.core.ratelimit import TokenBucket
 from hub.core.subscription import Overflow, Subscription
@@ -247,7 +248,9 @@ class RecordingBroker(MemoryBroker):
         await super().unsubscribe(channel)
 
 
-def make_hub(broker: RecordingBroker | None = None, **chat: Any) -> Hub:
+def make_hub(
+    broker: RecordingBroker | None = None, *, observer: Observer | None = None, **chat: Any
+) -> Hub:
     from hub.audio.library import SoundLibrary
     from hub.audio.sources import long_sound
 
@@ -257,7 +260,41 @@ def make_hub(broker: RecordingBroker | None = None, **chat: Any) -> Hub:
         clock=FakeClock(),
         secret=SECRET,
         library=SoundLibrary({0: long_sound(0.01)}),
+        observer=observer,
     )
+
+
+class RecordingObserver(Unobserved):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def delivered(self, channel: str, count: int) -> None:
+        self.calls.append(("delivered", (channel, count)))
+
+    def session_ended(self, reason: LeaveReason) -> None:
+        self.calls.append(("session_ended", reason))
+
+
+@pytest.mark.asyncio
+async def test_the_observer_hears_of_deliveries_once_per_publication() -> None:
+    observer = RecordingObserver()
+    hub = make_hub(observer=observer)
+    await hub.start()
+    async with (
+        hub.subscribe("room", maxlen=8, overflow=Overflow.DISCONNECT),
+        hub.subscribe("room", maxlen=8, overflow=Overflow.DISCONNECT),
+        hub.subscribe("room", maxlen=8, overflow=Overflow.DISCONNECT),
+    ):
+        await hub.publish("room", "x")
+        await hub.publish("nobody", "y")
+    _, token = await hub.chat.login("alice", "pw")
+    await hub.chat.logout(token)
+    assert observer.calls == [
+        ("delivered", ("room", 3)),
+        ("session_ended", LeaveReason.LOGOUT),
+        ("delivered", ("control", 1)),  # the news to this hub's own control sink
+    ]
+    await hub.close()
 
 
 @pytest.mark.asyncio

@@ -138,9 +138,12 @@ def test_the_context_leaves_out_local_state() -> None:
 
 
 def test_the_entry_point_runs_the_readme_commands(procs: Procs) -> None:
-    # `IMAGE -s -p "super-secret"`, with its addresses on loopback (the two gRPC
-    # ones are the same, 127.0.0.1:0, so it serves one gRPC port).
+    # `IMAGE -s -p "super-secret"`, with every door on loopback and a free port
+    # of its own (both gRPC doors asked for 127.0.0.1:0: two ports).
     server, port = procs.server(*server_args(devices="127.0.0.1:0", stream="127.0.0.1:0"))
+    grpc_door = rf"{TIME} <<Server>>: .*\(gRPC\) on 127\.0\.0\.1:(\d+)"
+    assert int(server.expect(grpc_door)[1]) == port
+    devices = int(server.expect(grpc_door)[1])
     stream = int(server.expect(rf"{TIME} <<Server>>: .*\(TCP\) on 127\.0\.0\.1:(\d+)")[1])
     # `docker run -i IMAGE -h "chat-server:6262" -p "super-secret" -n "alice"`
     alice = procs.start("-h", f"127.0.0.1:{port}", "-p", PASSWORD, "-n", "alice")
@@ -157,6 +160,7 @@ def test_the_entry_point_runs_the_readme_commands(procs: Procs) -> None:
     assert server.transcript() == [
         f'[TIME] <<Server>>: starting on 127.0.0.1:{port} with password "{PASSWORD}"',
         f"[TIME] <<Server>>: serving chat, rooms and devices (gRPC) on 127.0.0.1:{port}",
+        f"[TIME] <<Server>>: serving chat, rooms and devices (gRPC) on 127.0.0.1:{devices}",
         f"[TIME] <<Server>>: serving music and room streaming (TCP) on 127.0.0.1:{stream}",
         "[TIME] <<Server>>: SESSION (alice) has logged in",
         "[TIME] <<Server>>: SESSION (alice) has logged out",

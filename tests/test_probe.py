@@ -43,7 +43,7 @@ def test_a_closed_port_is_unhealthy_at_once() -> None:
         port = sock.getsockname()[1]
     done = health("-h", f"127.0.0.1:{port}")
     assert done.returncode == 1
-    assert done.stdout == f"unhealthy: 127.0.0.1:{port}: refused\n"
+    assert done.stdout == f"unhealthy: 127.0.0.1:{port}: UNAVAILABLE\n"
 
 
 def test_an_any_interface_address_is_probed_on_loopback() -> None:

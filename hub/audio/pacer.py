@@ -17,7 +17,7 @@ once and the source iterator is closed with it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 
 from hub.clock import Clock
 
@@ -42,11 +42,14 @@ async def pace(
     *,
     lead: float = DEFAULT_LEAD,
     max_late: float | None = DEFAULT_MAX_LATE,
+    on_release: Callable[[float], None] | None = None,
 ) -> AsyncGenerator[tuple[int, bytes], None]:
     """Yield ``(index, packet)``, packet ``n`` at ``start + n*frame_seconds - lead``.
 
     ``start`` is the clock's time when the first packet is asked for.
     ``max_late=None`` never re-anchors: every packet keeps its first schedule.
+    ``on_release`` is told how late each packet was released, in seconds
+    (0 or a little more when the loop keeps up): one more clock read a packet.
     """
     if frame_seconds <= 0:
         raise ValueError("frame_seconds must be positive")
@@ -70,6 +73,8 @@ async def pace(
                     start, origin = now, index  # as if the sound started here
                     due = start - lead
             await clock.sleep_until(due)
+            if on_release is not None:
+                on_release(clock.monotonic() - due)
             yield index, packet
             index += 1
     finally:

@@ -72,7 +72,12 @@ class Backplane:
         # Called with False when Redis stops answering, True when it is back:
         # the health check may point here (for example ``set_backplane``).
         self.on_state: Callable[[bool], None] = lambda up: None
-        self.broker = RedisBroker(self.commands, self.reader, keys, backplane, on_state=self._state)
+        # Called with each publication's age as it comes back from Redis (the
+        # metrics' backplane lag), once per publication read by this hub.
+        self.on_lag: Callable[[float], None] = lambda seconds: None
+        self.broker = RedisBroker(
+            self.commands, self.reader, keys, backplane, on_state=self._state, on_lag=self._lag
+        )
         self.sessions = RedisSessionStore(self.commands, keys, settings.chat)
         self.presence = RedisPresenceStore(
             self.commands, keys, self.hub_id, settings.chat, backplane, on_state=self._state
@@ -80,6 +85,9 @@ class Backplane:
 
     def _state(self, up: bool) -> None:
         self.on_state(up)
+
+    def _lag(self, seconds: float) -> None:
+        self.on_lag(seconds)
 
     async def start(self) -> None:
         """Reach Redis and announce this hub; ``BackplaneError`` if Redis is not there."""

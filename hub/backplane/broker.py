@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -96,12 +97,14 @@ class RedisBroker:
         settings: BackplaneSettings,
         *,
         on_state: Callable[[bool], None],
+        on_lag: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self._redis = commands
         self._reader = reader  # one connection of its own: XREAD blocks it
         self._keys = keys
         self._settings = settings
         self._on_state = on_state
+        self._on_lag = on_lag
         self._publish = commands.register_script(PUBLISH)
         self._position = commands.register_script(POSITION)
         self._handler: PublicationHandler | None = None
@@ -256,11 +259,14 @@ class RedisBroker:
         except codec.CodecError as error:
             log.error("%s: entry %s is not an event (%s): skipped", channel, entry_id, error)
             return
+        published = float(fields[b"t"])
+        # The publishing hub's wall clock against ours: as exact as the hosts' NTP.
+        self._on_lag(time.time() - published)
         handler(
             Publication(
                 channel,
                 event,
-                float(fields[b"t"]),
+                published,
                 droppable=bool(fields[b"p"]),
                 position=Position(offset, epoch),
             )

@@ -16,7 +16,7 @@ from hub.core.events import LeaveReason, ServerShutdown, UserJoined, UserLeft, U
 from hub.core.fanout import Fanout
 from hub.core.sessions import Session, SessionRecord, Sessions
 from hub.core.subscription import Overflow, Subscription
-from hub.errors import InvalidArgument, RateLimited, Unauthenticated, Unavailable
+from hub.errors import InvalidArgument, RateLimited, Unavailable, WrongPassword
 from hub.settings import ChatSettings
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class Chat:
         if self._fanout.closing:
             raise Unavailable("server is shutting down")
         if not hmac.compare_digest(password.encode(), self._settings.password.encode()):
-            raise Unauthenticated("password is incorrect")
+            raise WrongPassword("password is incorrect")
         check_name(name, self._settings.name_max_chars)
         session, token = await self._sessions.create(name)
         log.info("%s: %r logged in", session.id, name, extra={"session": session.id})

@@ -22,6 +22,7 @@ from hub.clock import Clock, SystemClock
 from hub.core.broker import Broker, HistoryLost, MemoryBroker
 from hub.core.chat import Chat
 from hub.core.events import LeaveReason, SessionClosed
+from hub.core.observer import Observer, Unobserved
 from hub.core.publication import Publication
 from hub.core.rooms import Rooms
 from hub.core.roomstore import RoomStore
@@ -68,9 +69,11 @@ class Hub:
         session_store: SessionStore | None = None,
         presence: PresenceStore | None = None,
         room_store: RoomStore | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self._clock = clock or SystemClock()
+        self.observer: Observer = observer or Unobserved()
         self.broker: Broker = broker or MemoryBroker()
         issuer = TokenIssuer(secret or load_secret(), self.settings.chat.token_ttl, self.clock)
         self.sessions = Sessions(
@@ -90,6 +93,7 @@ class Hub:
             opus=devices.opus,
             linger=devices.linger,
             store=room_store,
+            observer=self.observer,
         )
         self._closing = False
         self._subscribers: dict[str, dict[Subscriber, None]] = {}
@@ -129,8 +133,11 @@ class Hub:
                 self._lost(pub.channel, pub.event.reason, subscribers)
                 return
             # A copy: a subscriber that overflows removes itself mid-loop.
-            for subscription in tuple(subscribers):
+            batch = tuple(subscribers)
+            for subscription in batch:
                 subscription.deliver(pub)
+            # Counted once per publication, not once per subscriber.
+            self.observer.delivered(pub.channel, len(batch))
 
     def _lost(self, channel: str, reason: str, subscribers: dict[Subscriber, None]) -> None:
         log.warning(
@@ -186,6 +193,7 @@ class Hub:
     # -- lifecycle -------------------------------------------------------
 
     async def _session_ended(self, record: SessionRecord, reason: LeaveReason) -> None:
+        self.observer.session_ended(reason)
         # Every hub ends its streams of the session (this one at once, through
         # the control channel's delivery), then everyone is told, once.
         await self.publish(CONTROL_CHANNEL, SessionClosed(record.id, reason))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from hub.audio.sources import FileSound, Sound
 from hub.core import leds
 from hub.core.events import AudioFrame, LedFrame, RoomNotice, StreamEnd
 from hub.core.fanout import Fanout
+from hub.core.observer import Observer, Unobserved
 from hub.core.roomstate import Action, Input, RoomState
 from hub.core.roomstore import MemoryRoomStore, RoomStore
 from hub.errors import InvalidArgument
@@ -184,8 +186,11 @@ class Room:
         frame_seconds = self._rooms.opus.frame_seconds
         publish = self._hub.publish
         channel = self.audio_channel
+        paced = functools.partial(self._rooms.observer.paced, "room")
         try:
-            async for seq, packet in pace(encoded.reader(), frame_seconds, self._hub.clock):
+            async for seq, packet in pace(
+                encoded.reader(), frame_seconds, self._hub.clock, on_release=paced
+            ):
                 first = seq == 0
                 await publish(
                     channel,
@@ -305,8 +310,10 @@ class Rooms:
         cache: PacketCache | None = None,
         linger: float = 600.0,
         store: RoomStore | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.fanout = fanout
+        self.observer: Observer = observer or Unobserved()
         self.library = library
         self.opus = opus or OpusSettings()
         self.cache = cache or PacketCache()
@@ -330,6 +337,10 @@ class Rooms:
 
     def __contains__(self, room_id: object) -> bool:
         return room_id in self._rooms
+
+    def snapshot(self) -> list[Room]:
+        """The rooms open now, in one list."""
+        return list(self._rooms.values())
 
     async def preload(self) -> None:
         """Encode every mode sound read from a file before anyone presses Play.

@@ -19,7 +19,7 @@ from pathlib import Path
 import jwt
 
 from hub.clock import Clock
-from hub.errors import Unauthenticated
+from hub.errors import TokenExpired, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -102,5 +102,5 @@ class TokenIssuer:
         if not isinstance(sid, str) or not isinstance(name, str) or not isinstance(exp, int):
             raise Unauthenticated("invalid token")
         if self._clock.wall() >= exp:
-            raise Unauthenticated("token expired")
+            raise TokenExpired("token expired")
         return TokenClaims(session_id=sid, name=name, expires=float(exp))

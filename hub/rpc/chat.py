@@ -20,8 +20,17 @@ from hub.core.publication import Publication
 from hub.core.ratelimit import FailureThrottle, RateLimitedLog
 from hub.core.sessions import Session
 from hub.core.subscription import Subscription
-from hub.errors import HubError, ResourceExhausted, Unauthenticated, Unavailable
+from hub.errors import (
+    HubError,
+    MissingToken,
+    RateLimited,
+    ResourceExhausted,
+    SlowConsumer,
+    Unauthenticated,
+    Unavailable,
+)
 from hub.logs import set_context
+from hub.metrics import CHAT, Metrics, outcome_of
 from hub.proto import chat_pb2
 from hub.rpc.methods import Methods, Responses, consume
 from hub.rpc.status import abort, metadata_value, peer_address
@@ -50,9 +59,24 @@ def encode_event(pub: Publication) -> bytes:
     return response.SerializeToString()
 
 
+async def session_of(
+    hub: Hub, context: grpc.aio.ServicerContext, metrics: Metrics, door: str
+) -> Session:
+    """The session of the call's token; a refusal is counted for ``door``, then raised."""
+    try:
+        token = metadata_value(context, TOKEN_HEADER)
+        if token is None:
+            raise MissingToken("missing token header")
+        return await hub.sessions.authenticate(token)
+    except HubError as error:
+        metrics.refused(door, error)
+        raise
+
+
 class ChatService:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, metrics: Metrics | None = None) -> None:
         self._hub = hub
+        self._metrics = metrics or Metrics()
         settings = hub.settings.chat
         self._failed_logins = FailureThrottle(
             settings.login_failure_rate,
@@ -71,13 +95,17 @@ class ChatService:
         wait = self._failed_logins.wait(peer)
         if wait > 0:
             # Before the password is checked: a throttled peer learns nothing.
+            self._metrics.login("throttled")
             raise ResourceExhausted(f"too many failed logins, retry in {math.ceil(wait)} s")
         try:
             _, token = await self._hub.chat.login(request.name, request.password)
-        except Unauthenticated:
-            if self._failed_logins.failed(peer):
+        except HubError as error:
+            self._metrics.login(outcome_of(error))
+            self._metrics.refused(CHAT, error)
+            if isinstance(error, Unauthenticated) and self._failed_logins.failed(peer):
                 self._throttle_log.warning("%s: too many failed logins, throttled", peer)
             raise
+        self._metrics.login("ok")
         return chat_pb2.LoginResponse(token=token).SerializeToString()
 
     async def logout(
@@ -87,35 +115,38 @@ class ChatService:
         try:
             await self._hub.chat.logout(request.token)
         except HubError as error:
+            self._metrics.logout(outcome_of(error))
             await abort(context, error)
+        self._metrics.logout("ok")
         return chat_pb2.LogoutResponse().SerializeToString()
 
     async def stream(
         self, requests: AsyncIterator[chat_pb2.StreamRequest], context: grpc.aio.ServicerContext
     ) -> Responses:
-        token = metadata_value(context, TOKEN_HEADER)
-        if token is None:
-            await abort(context, Unauthenticated("missing token header"))
-        try:
-            session = await self._hub.chat.authenticate(token)
-        except HubError as error:
-            await abort(context, error)
+        metrics = self._metrics
+        # A HubError raised here is the call's status (hub.rpc.methods).
+        session = await session_of(self._hub, context, metrics, CHAT)
         set_context(session=session.id, peer=context.peer())
         log.debug("stream opened")
         if self._hub.closing:
             await abort(context, Unavailable("server is shutting down"))
-        async with self._hub.chat.stream(session) as subscription:
-            # Headers go out once the stream is subscribed: a client that waits
-            # for them knows it will see every event from here on.
-            await context.send_initial_metadata(())
-            reader = asyncio.create_task(self._read(requests, session, subscription))
-            try:
-                async for pub in subscription:
-                    yield pub.encoded(encode_event)
-            except HubError as error:
-                await abort(context, error)
-            finally:
-                reader.cancel()
+        latency = metrics.write_latency(CHAT)
+        with metrics.stream_open(CHAT):
+            async with self._hub.chat.stream(session) as subscription:
+                # Headers go out once the stream is subscribed: a client that waits
+                # for them knows it will see every event from here on.
+                await context.send_initial_metadata(())
+                reader = asyncio.create_task(self._read(requests, session, subscription))
+                try:
+                    async for pub in subscription:
+                        yield pub.encoded(encode_event)
+                        latency.written(pub.time)
+                except HubError as error:
+                    if isinstance(error, SlowConsumer):
+                        metrics.slow_consumer(CHAT)
+                    await abort(context, error)
+                finally:
+                    reader.cancel()
 
     async def _read(
         self,
@@ -125,7 +156,12 @@ class ChatService:
     ) -> None:
         # A refused line ends this stream only, with the refusal as its status.
         async def say(request: chat_pb2.StreamRequest) -> None:
-            await self._hub.chat.say(session, request.message)
+            try:
+                await self._hub.chat.say(session, request.message)
+            except RateLimited:
+                self._metrics.rate_limited(CHAT)
+                raise
+            self._metrics.chat_line()
 
         await consume(requests, say, subscription, session.id)
 

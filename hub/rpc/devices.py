@@ -25,9 +25,10 @@ it half-alive:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +42,9 @@ from hub.core.rooms import Admit, AudioGate, Room, check_room_id
 from hub.core.roomstate import Input
 from hub.core.sessions import Session
 from hub.core.subscription import Overflow, Subscription
-from hub.errors import HubError, PermissionDenied, Unauthenticated
+from hub.errors import HubError, MissingToken, PermissionDenied
 from hub.logs import set_context
+from hub.metrics import DEVICES, Metrics
 from hub.proto import comms_pb2
 from hub.rpc.chat import TOKEN_HEADER
 from hub.rpc.methods import Methods, Responses, consume
@@ -117,6 +119,7 @@ class _Queued:
     start: bool  # as the device is sent it (a late joiner's first packet is one)
     end: bool
     data: bytes
+    published: float
 
 
 class DeviceAudio:
@@ -139,13 +142,22 @@ class DeviceAudio:
     stock client deaf until Connect is pressed twice.
     """
 
-    def __init__(self, channel: str, *, maxlen: int, label: str = "") -> None:
+    def __init__(
+        self,
+        channel: str,
+        *,
+        maxlen: int,
+        label: str = "",
+        on_skip: Callable[[int], None] | None = None,
+    ) -> None:
         if maxlen < 3:
             raise ValueError("maxlen must be at least 3")
         self.channel = channel
         self.maxlen = maxlen
         self.label = label
         self.dropped = 0
+        self.published = 0.0  # the wall time of the packet last handed out
+        self._on_skip = on_skip
         self._gate = AudioGate()
         self._queue: deque[_Queued] = deque()
         self._wakeup = asyncio.Event()
@@ -162,8 +174,13 @@ class DeviceAudio:
         as_start = admit is Admit.SEND_AS_START
         data = pub.encoded(encode_packet_as_start if as_start else encode_packet)
         if len(self._queue) >= self.maxlen:
+            dropped = self.dropped
             self._make_room()
-        self._queue.append(_Queued(frame.stream_id, frame.is_start or as_start, frame.is_end, data))
+            if self._on_skip is not None:
+                self._on_skip(self.dropped - dropped)
+        self._queue.append(
+            _Queued(frame.stream_id, frame.is_start or as_start, frame.is_end, data, pub.time)
+        )
         self._wakeup.set()
 
     def _make_room(self) -> None:
@@ -206,15 +223,25 @@ class DeviceAudio:
                 raise StopAsyncIteration
             self._wakeup.clear()
             await self._wakeup.wait()
-        return self._queue.popleft().data
+        item = self._queue.popleft()
+        self.published = item.published
+        return item.data
 
 
 class DeviceService:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, metrics: Metrics | None = None) -> None:
         self._hub = hub
+        self._metrics = metrics or Metrics()
 
     async def _room(self, context: grpc.aio.ServicerContext) -> tuple[Room, Session | None]:
         """The device's room, and the session of its token if the room requires one."""
+        try:
+            return await self._admit(context)
+        except HubError as error:
+            self._metrics.refused(DEVICES, error)
+            raise
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> tuple[Room, Session | None]:
         room_id = check_room_id(metadata_value(context, DEVICE_ID_HEADER))
         set_context(room=room_id, peer=context.peer())
         policy = self._hub.settings.devices
@@ -222,7 +249,7 @@ class DeviceService:
         if policy.requires_token(room_id):
             token = metadata_value(context, TOKEN_HEADER)
             if token is None:
-                raise Unauthenticated(f"room {room_id} requires an {TOKEN_HEADER} token")
+                raise MissingToken(f"room {room_id} requires an {TOKEN_HEADER} token")
             session = await self._hub.sessions.authenticate(token)
             log.info("%s: device access to room %s", session.id, room_id)
         if self._hub.closing:
@@ -253,6 +280,7 @@ class DeviceService:
 
         # The reader ends the stream (through ``updates``) if a response is refused.
         reader = asyncio.create_task(consume(responses, report, updates, updates.label))
+        self._metrics.stream_opened(DEVICES)
         try:
             async with self._hub.rooms.join(room.id, "a device"), self._hub.attach(updates):
                 with bound_to(self._hub.sessions, session, updates):
@@ -269,6 +297,7 @@ class DeviceService:
                         restore.cancel()
         finally:
             reader.cancel()
+            self._metrics.stream_closed(DEVICES)
 
     def _restore(self, room: Room, updates: Any) -> None:
         updates.deliver(
@@ -287,7 +316,7 @@ class DeviceService:
         # the session's end must wake that wait, and no press read after it
         # may reach the room.
         guarded = Interruptible(events)
-        with bound_to(self._hub.sessions, session, guarded):
+        with bound_to(self._hub.sessions, session, guarded), self._metrics.stream_open(DEVICES):
             async for event in guarded if session is not None else events:
                 # Exactly one response per event: the device blocks until it has it.
                 press = event.button_event
@@ -303,13 +332,19 @@ class DeviceService:
         self, request: comms_pb2.AudioStreamRequest, context: grpc.aio.ServicerContext
     ) -> Responses:
         room, session = await self._room(context)
+        metrics = self._metrics
         packets = DeviceAudio(
-            room.audio_channel, maxlen=AUDIO_QUEUE, label=f"audio {room.id} {context.peer()}"
+            room.audio_channel,
+            maxlen=AUDIO_QUEUE,
+            label=f"audio {room.id} {context.peer()}",
+            on_skip=functools.partial(metrics.audio_skipped, DEVICES),
         )
+        latency = metrics.write_latency(DEVICES)
         async with self._hub.attach(packets):
-            with bound_to(self._hub.sessions, session, packets):
+            with bound_to(self._hub.sessions, session, packets), metrics.stream_open(DEVICES):
                 async for data in packets:
                     yield data
+                    latency.written(packets.published)
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = Methods("com.opalcamera.test.DeviceService", self._hub.clock)

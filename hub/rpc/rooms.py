@@ -18,13 +18,14 @@ from hub.core.rooms import Room
 from hub.core.roomstate import Input
 from hub.core.sessions import Session
 from hub.core.subscription import Overflow
-from hub.errors import HubError, InvalidArgument, Unauthenticated
+from hub.errors import HubError, InvalidArgument, SlowConsumer
 from hub.logs import set_context
+from hub.metrics import ROOMS, Metrics
 from hub.proto import chat_pb2
-from hub.rpc.chat import TOKEN_HEADER
+from hub.rpc.chat import session_of
 from hub.rpc.methods import Methods, Responses
 from hub.rpc.sessionbound import bound_to
-from hub.rpc.status import abort, metadata_value
+from hub.rpc.status import abort
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,12 @@ def encode_notice(pub: Publication) -> bytes:
 
 
 class RoomsService:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, metrics: Metrics | None = None) -> None:
         self._hub = hub
+        self._metrics = metrics or Metrics()
 
     async def _session(self, context: grpc.aio.ServicerContext) -> Session:
-        token = metadata_value(context, TOKEN_HEADER)
-        if token is None:
-            raise Unauthenticated("missing token header")
-        session = await self._hub.sessions.authenticate(token)
+        session = await session_of(self._hub, context, self._metrics, ROOMS)
         set_context(session=session.id, peer=context.peer())
         return session
 
@@ -67,22 +66,29 @@ class RoomsService:
         session = await self._session(context)
         room = self._hub.rooms.get(request.room)
         log.info("%s: watching room %s", session.id, room.id)
+        metrics = self._metrics
+        latency = metrics.write_latency(ROOMS)
         async with self._hub.subscribe(
             room.status_channel,
             maxlen=WATCH_QUEUE,
             overflow=Overflow.DISCONNECT,
             label=f"{session.id} watching {room.id}",
         ) as updates:
-            with bound_to(self._hub.sessions, session, updates):
+            with bound_to(self._hub.sessions, session, updates), metrics.stream_open(ROOMS):
                 now = Publication(
                     room.status_channel,
                     RoomNotice(room.id, describe(room)),
                     self._hub.clock.wall(),
                 )
                 yield now.encoded(encode_notice)
-                async for pub in updates:
-                    if isinstance(pub.event, RoomNotice):
-                        yield pub.encoded(encode_notice)
+                try:
+                    async for pub in updates:
+                        if isinstance(pub.event, RoomNotice):
+                            yield pub.encoded(encode_notice)
+                            latency.written(pub.time)
+                except SlowConsumer:
+                    metrics.slow_consumer(ROOMS)
+                    raise
 
     async def press(
         self, request: chat_pb2.PressRequest, context: grpc.aio.ServicerContext

@@ -1,14 +1,23 @@
-"""One grpc.aio server carrying every service on every configured address."""
+"""One grpc.aio server carrying every service on every configured address.
+
+Beside the hub's own services: the standard health service on every
+address, and reflection (so ``grpcurl list`` and ``describe`` work) unless
+turned off.
+"""
 
 from __future__ import annotations
 
 import logging
 
 import grpc
+from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 from hub.core.hub import Hub
+from hub.metrics import Metrics
 from hub.rpc.chat import ChatService
 from hub.rpc.devices import DeviceService
+from hub.rpc.health import SERVICE_NAME as HEALTH_SERVICE
+from hub.rpc.health import Health
 from hub.rpc.rooms import RoomsService
 
 log = logging.getLogger(__name__)
@@ -36,18 +45,35 @@ class BindError(Exception):
     pass
 
 
+# The hub's own services, by their full names (as health and reflection name them).
+SERVICES = ["chat.Chat", "chat.Rooms", "com.opalcamera.test.DeviceService"]
+
+
 class GrpcServer:
-    def __init__(self, hub: Hub, addresses: list[str]) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        addresses: list[str],
+        *,
+        metrics: Metrics | None = None,
+        reflection: bool = True,
+    ) -> None:
         self._hub = hub
         self._addresses = addresses
         self._server = grpc.aio.server(options=OPTIONS)
+        metrics = metrics or Metrics()
         self._server.add_generic_rpc_handlers(
             [
-                ChatService(hub).handler(),
-                DeviceService(hub).handler(),
-                RoomsService(hub).handler(),
+                ChatService(hub, metrics).handler(),
+                DeviceService(hub, metrics).handler(),
+                RoomsService(hub, metrics).handler(),
             ]
         )
+        self.health = Health(SERVICES)
+        self.health.add_to(self._server)
+        if reflection:
+            names = [*SERVICES, HEALTH_SERVICE, grpc_reflection.SERVICE_NAME]
+            grpc_reflection.enable_server_reflection(names, self._server)
         self.bound: list[str] = []
 
     def add_handler(self, handler: grpc.GenericRpcHandler) -> None:
@@ -64,6 +90,7 @@ class GrpcServer:
                 raise BindError(f"{address}: address unavailable or in use")
             host = address.rsplit(":", 1)[0]
             self.bound.append(f"{host}:{port}")
+        await self.health.start()
         await self._server.start()
         log.info("gRPC serving on %s", ", ".join(self.bound))
         return self.bound

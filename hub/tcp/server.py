@@ -30,7 +30,8 @@ from hub.core.publication import Publication
 from hub.core.ratelimit import TokenBucket
 from hub.core.rooms import Admit, AudioGate, LiveFeed, Room
 from hub.core.sessions import Session
-from hub.errors import Code, HubError, NotFound, Unauthenticated
+from hub.errors import Code, HubError, MissingToken, NotFound
+from hub.metrics import TCP, Metrics
 from hub.settings import StreamSettings
 from hub.tcp import codec as proto
 
@@ -144,10 +145,12 @@ class StreamServer:
         settings: StreamSettings | None = None,
         *,
         name: str = "hub",
+        metrics: Metrics | None = None,
     ) -> None:
         self.hub = hub
         self.music = music
         self.settings = settings or hub.settings.stream
+        self.metrics = metrics or Metrics()
         self.name = name
         self.clients: set[ClientConnection] = set()
         # Open connections per peer address (settings.max_connections_per_peer).
@@ -252,6 +255,8 @@ class ClientConnection(asyncio.Protocol):
         # A stream transport, as ``create_server`` gives; not checked with
         # isinstance: uvloop's transports do not derive from asyncio's classes.
         self._transport = cast(asyncio.Transport, transport)
+        self.server.metrics.tcp_connected()
+        self.server.metrics.stream_opened(TCP)  # closed in connection_lost, always called
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -298,6 +303,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.forget(self, self._peer)
+        self.server.metrics.stream_closed(TCP)
         self._transport = None
         for timer in (self._idle_timer, self._handshake_timer, self._linger):
             if timer is not None:
@@ -313,6 +319,7 @@ class ClientConnection(asyncio.Protocol):
         for event in self.codec.events():
             if isinstance(event, proto.ProtocolViolation):
                 self.log.info("%s: protocol violation: %s", self.id, event.text)
+                self.server.metrics.protocol_error(event.code.label)
                 self.write(self.codec.error_frame())
                 self._close()
                 return
@@ -361,9 +368,11 @@ class ClientConnection(asyncio.Protocol):
         buffered = transport.get_write_buffer_size()
         if droppable and buffered > self.settings.send_high_water:
             self.skipped += 1
+            self.server.metrics.audio_skipped(TCP)
             return
         if buffered > self.settings.send_buffer_max:
             self.log.warning("%s: disconnected as slow (%d bytes unsent)", self.id, buffered)
+            self.server.metrics.slow_consumer(TCP)
             self.fail(proto.ErrorCode.SLOW, "too slow: the client does not keep up")
             return
         transport.write(data)
@@ -462,6 +471,7 @@ class ClientConnection(asyncio.Protocol):
             return
         request = type(event).TYPE  # type: ignore[union-attr]
         if not self._requests_bucket.take():
+            self.server.metrics.rate_limited(TCP)
             self.send(
                 proto.Error(
                     proto.ErrorCode.RATE_LIMITED, "too many requests", fatal=False, request=request
@@ -471,6 +481,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             await self._request(event)
         except HubError as error:
+            self.server.metrics.refused(TCP, error)
             self.send(
                 proto.Error(ERROR_CODES[error.code], error.message, fatal=False, request=request)
             )
@@ -507,11 +518,13 @@ class ClientConnection(asyncio.Protocol):
             try:
                 self._session = await self.hub.sessions.authenticate(hello.token)
             except HubError as error:
+                self.server.metrics.refused(TCP, error)
                 self.fail_with(error, refused)
                 return
             self.hub.sessions.attach(self._session, self)
             user = self._session.name
         elif self.settings.require_token:
+            self.server.metrics.auth_failed(TCP, MissingToken.reason)
             self.fail(proto.ErrorCode.UNAUTHENTICATED, "this server requires a token", refused)
             return
         self.send(
@@ -582,7 +595,10 @@ class ClientConnection(asyncio.Protocol):
         reason = proto.StreamEndReason.FINISHED
         try:
             async for seq, packet in pace(
-                encoded.reader(), rooms.opus.frame_seconds, self.hub.clock
+                encoded.reader(),
+                rooms.opus.frame_seconds,
+                self.hub.clock,
+                on_release=self._paced,
             ):
                 self.send(proto.Audio(stream_id, seq, packet), droppable=True)
         except asyncio.CancelledError:
@@ -599,6 +615,9 @@ class ClientConnection(asyncio.Protocol):
         if self.codec.downlink_stream == stream_id:
             self.send(proto.StreamEnd(stream_id, reason))
 
+    def _paced(self, lateness: float) -> None:
+        self.hub.observer.paced("music", lateness)
+
     async def _stop_track(self, reason: proto.StreamEndReason) -> None:
         player, self._player = self._player, None
         if player is None:
@@ -613,7 +632,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _check_room_access(self, room_id: str) -> None:
         if self.hub.settings.devices.requires_token(room_id) and self._session is None:
-            raise Unauthenticated(f"room {room_id} requires a token in HELLO")
+            raise MissingToken(f"room {room_id} requires a token in HELLO")
 
     async def _join(self, room_id: str) -> None:
         self._check_room_access(room_id)
@@ -660,6 +679,7 @@ class ClientConnection(asyncio.Protocol):
         if feed is None or bucket is None or audio.stream_id != self._feed_uplink:
             return  # refused or cut: what crossed the refusal is discarded
         if not bucket.take():
+            self.server.metrics.rate_limited("tcp_audio")
             now = time.monotonic()
             if now - self._feed_warned >= 1.0:
                 self._feed_warned = now

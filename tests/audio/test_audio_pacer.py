@@ -196,3 +196,17 @@ def test_best_correlation_finds_the_opus_delay() -> None:
     delayed[:312] = 0.0
     assert best_correlation(delayed, signal) > 0.99
     assert best_correlation(tone(440.0, 0.5), tone(1000.0, 0.5), max_lag=0) < 0.1
+
+
+@pytest.mark.asyncio
+async def test_reports_how_late_each_packet_was_released() -> None:
+    clock = FakeClock(0.0)
+    lateness: list[float] = []
+    async with aclosing(
+        pace(packets(10), FRAME, clock, lead=0.0, on_release=lateness.append)
+    ) as paced:
+        async for index, _ in paced:
+            if index == 4:
+                clock.advance(0.05)  # a consumer that held the loop for 50 ms
+    # Packet 5 was due at 0.10 and left at 0.13; packet 6, due 0.12, too.
+    assert lateness == pytest.approx([0.0] * 5 + [0.03, 0.01] + [0.0] * 3, abs=1e-9)

@@ -268,6 +268,26 @@ def spread(clients: int, procs: int) -> list[int]:
     return [clients // procs + (i < clients % procs) for i in range(procs)]
 
 
+def start_spread(
+    ctx: Any, target: Any, kind: str, clients: int, procs: int, cfg: dict[str, Any]
+) -> list[Worker]:
+    """``clients`` spread over ``procs`` processes, each running
+    ``target(conn, cfg)`` with its share on top of ``cfg``: ``index``, ``n``
+    (its clients) and ``first`` (the number of its first client); started."""
+    workers: list[Worker] = []
+    first = 0
+    for i, n in enumerate(spread(clients, procs)):
+        parent, child = ctx.Pipe()
+        own = {"index": i, "n": n, "first": first, **cfg}
+        first += n
+        workers.append(
+            Worker(ctx.Process(target=target, args=(child, own), daemon=True), parent, kind, n)
+        )
+    for w in workers:
+        w.start()
+    return workers
+
+
 def end_workers(workers: list[Worker]) -> None:
     """Wait for each worker to exit (told to quit, or done); terminate a straggler."""
     for w in workers:

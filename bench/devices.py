@@ -61,8 +61,8 @@ from bench.common import (
     percentile,
     server_env,
     shut_doors,
-    spread,
     start_py_spy,
+    start_spread,
     underrun_clusters,
     wait_quiet,
     workers_cpu,
@@ -711,30 +711,19 @@ def _start_listeners(
     rig: _Rig, ctx: Any, server: Server, sc: Scenario, args: argparse.Namespace
 ) -> list[Any]:
     """The listening devices, spread over processes; each process's "opened"."""
-    listeners: list[Worker] = []
-    first = 0
-    for i, n in enumerate(spread(sc.listeners, args.procs)):
-        parent, child = ctx.Pipe()
-        lcfg = {
-            "index": i,
-            "n": n,
-            "first": first,
-            "address": server.address,
-            "room": ROOM,
-            "frame_ms": sc.frame_ms,
-            "gap_factor": args.gap_factor,
-            "per_conn": args.per_conn,
-            "status_every": args.status_every,
-            "decode": args.decode,
-            "client": args.client,
-            "uvloop": args.client_uvloop,
-            "setup_timeout": args.setup_timeout,
-        }
-        first += n
-        p = ctx.Process(target=listener_process, args=(child, lcfg), daemon=True)
-        listeners.append(Worker(p, parent, "listener", n))
-    for w in listeners:
-        w.start()
+    cfg = {
+        "address": server.address,
+        "room": ROOM,
+        "frame_ms": sc.frame_ms,
+        "gap_factor": args.gap_factor,
+        "per_conn": args.per_conn,
+        "status_every": args.status_every,
+        "decode": args.decode,
+        "client": args.client,
+        "uvloop": args.client_uvloop,
+        "setup_timeout": args.setup_timeout,
+    }
+    listeners = start_spread(ctx, listener_process, "listener", sc.listeners, args.procs, cfg)
     rig.workers += listeners
     return expect(listeners, "opened", args.setup_timeout + 30)
 

@@ -59,8 +59,8 @@ from bench.common import (
     ms,
     percentile,
     server_env,
-    spread,
     start_py_spy,
+    start_spread,
     underrun_clusters,
     wait_quiet,
     workers_cpu,
@@ -280,29 +280,19 @@ def _start_listeners(
     rig: _Rig, ctx: Any, server: Server, sc: Scenario, args: argparse.Namespace
 ) -> None:
     """The listeners, spread over processes (not yet connected)."""
-    first = 0
-    for i, n in enumerate(spread(sc.listeners, args.procs)):
-        parent, child = ctx.Pipe()
-        cfg = {
-            "index": i,
-            "n": n,
-            "first": first,
-            "address": server.stream_address,
-            "frame_ms": sc.frame_ms,
-            "gap_factor": args.gap_factor,
-            "parse": args.parse,
-            "decode": args.decode,
-            "connect_batch": args.connect_batch,
-            "setup_timeout": args.setup_timeout,
-            "ping_every": args.ping_every,
-            "nice": args.client_nice,
-            "io": args.io,
-        }
-        first += n
-        p = ctx.Process(target=worker_process, args=(child, cfg), daemon=True)
-        rig.workers.append(Worker(p, parent, "listener", n))
-    for w in rig.workers:
-        w.start()
+    cfg = {
+        "address": server.stream_address,
+        "frame_ms": sc.frame_ms,
+        "gap_factor": args.gap_factor,
+        "parse": args.parse,
+        "decode": args.decode,
+        "connect_batch": args.connect_batch,
+        "setup_timeout": args.setup_timeout,
+        "ping_every": args.ping_every,
+        "nice": args.client_nice,
+        "io": args.io,
+    }
+    rig.workers += start_spread(ctx, worker_process, "listener", sc.listeners, args.procs, cfg)
 
 
 def _connect_and_join(rig: _Rig, args: argparse.Namespace, m: dict[str, Any]) -> None:

@@ -15,9 +15,11 @@
 - ``channel``: a channel to ``hub_server``.
 - ``procs``: real `hub` processes (``cli_helpers.Procs``), stopped at teardown.
 
-Their types (``ServedHub``, ``ServeHub``, ``OpenChannel``), the constants and
-the wait helpers (``timeout``, ``eventually``) live in ``chat_helpers``: import
-that, never ``conftest`` (each test folder has its own). Every timeout is a
+Their types (``ServedHub``, ``ServeHub``, ``OpenChannel``), the constants, the
+wait helpers (``timeout``, ``eventually``), ``settings_param`` for a settings
+fixture and the ``no_errors_logged`` fixture (autouse where imported) live in
+``chat_helpers``: import that, never ``conftest`` (each test folder has its
+own). The one fake clock is ``fake_clock.FakeClock``. Every timeout is a
 sanity bound scaled by ``HUB_TEST_TIMEOUT_FACTOR``.
 """
 

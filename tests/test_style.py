@@ -61,7 +61,6 @@ KNOWN: dict[tuple[str, str], str] = {
     # 12.4); their tests' reach goes with that work.
     ("tests/cluster/test_redis_broker.py", "broker._handler"): "issue 12.4 (backplane)",
     ("tests/cluster/test_redis_broker.py", "b._handler"): "issue 12.4 (backplane)",
-    ("tests/devices/test_devices_standin.py", "device._acks"): "issue 12.3 (device tests)",
     ("tests/tcp/test_protocol_doc.py", "connection._transport"): "issue 12.2 (ClientConnection)",
     ("tests/tcp/test_server.py", "connection._transport"): "issue 12.2 (ClientConnection)",
 }

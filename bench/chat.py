@@ -31,7 +31,7 @@ import urllib.request
 from array import array
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, cast
@@ -41,6 +41,7 @@ from bench.common import (
     Worker,
     add_common_options,
     columns,
+    end_workers,
     expect,
     finish,
     machine_busy,
@@ -49,6 +50,7 @@ from bench.common import (
     raise_fd_limit,
     server_env,
     shut_doors,
+    spread,
     start_py_spy,
     wait_quiet,
     workers_cpu,
@@ -724,97 +726,162 @@ def _own_cpu() -> float:
     return t.user + t.system
 
 
+@dataclass
+class _Rig:
+    """One run's client processes and the profiler, if one runs."""
+
+    subs: list[Worker] = field(default_factory=list)
+    pubs: list[Worker] = field(default_factory=list)
+    spy: subprocess.Popen[bytes] | None = None
+
+    @property
+    def workers(self) -> list[Worker]:
+        return self.subs + self.pubs
+
+    def end(self) -> None:
+        end_workers(self.workers)
+        if self.spy is not None and self.spy.poll() is None:
+            self.spy.kill()
+
+
+@dataclass(frozen=True)
+class _Window:
+    """What the measured window took: seconds of wall clock and of CPU."""
+
+    wall: float
+    server_cpu: float
+    sub_cpu: float
+    pub_cpu: float
+    other_cpu: float
+
+
 def run_scenario(
     sc: Scenario, args: argparse.Namespace, log_dir: Path, *, metrics: bool = False
 ) -> dict[str, Any]:
-    import numpy as np
-
     background = wait_quiet(args.wait_quiet, args.quiet_pct) if args.wait_quiet > 0 else None
     ctx = mp.get_context("spawn")
     server = Server(args, log_dir, sc.label.replace("@", "_at_"), metrics=metrics)
     scraped: dict[str, float] = {}
     server.start()
-    workers: list[Worker] = []
-    spy: subprocess.Popen[bytes] | None = None
+    rig = _Rig()
     try:
-        procs = max(1, min(args.sub_procs, sc.subscribers))
-        per = [sc.subscribers // procs + (i < sc.subscribers % procs) for i in range(procs)]
-        subs: list[Worker] = []
-        for i, n in enumerate(per):
-            parent, child = ctx.Pipe()
-            cfg = {"index": i, "n": n, "address": server.address, "client": args.client}
-            p = ctx.Process(target=subscriber_process, args=(child, cfg), daemon=True)
-            subs.append(Worker(p, parent, "subscriber", n))
-        npubs = 1 if sc.fast else args.publishers
-        pubs: list[Worker] = []
-        for i in range(npubs):
-            parent, child = ctx.Pipe()
-            cfg = {"index": i, "address": server.address, "window": args.fast_window}
-            p = ctx.Process(target=publisher_process, args=(child, cfg), daemon=True)
-            pubs.append(Worker(p, parent, "publisher"))
-        workers = subs + pubs
-        for w in workers:
-            w.start()
-
-        # Log everyone in first, then open the streams: logins are broadcast,
-        # and this way no stream sees the setup's login storm.
-        expect(workers, "logged_in", args.setup_timeout)
-        for w in workers:
-            w.conn.send(("open",))
-        _probe_until_ready(server.address, workers, args.setup_timeout)
-
-        time.sleep(0.2)  # let the probes' fan-out settle
-        warm_ns = time.monotonic_ns() + 100_000_000
-        start_ns = warm_ns + int(args.warmup * 1e9)
-        rate_each = sc.rate / npubs
-        for i, w in enumerate(pubs):
-            offset = int(i * 1e9 / sc.rate) if not sc.fast else 0
-            w.conn.send(("go", warm_ns, start_ns, args.duration, rate_each, offset))
-        time.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
-        cpu0 = server.cpu()
-        sub_cpu0, pub_cpu0 = workers_cpu(subs), workers_cpu(pubs)
-        busy0, own0 = machine_busy(), _own_cpu()
-        server.window(True)
-        wall0 = time.monotonic()
-        if args.py_spy:
-            spy = start_py_spy(
-                args,
-                server.proc.pid,  # type: ignore[union-attr]
-                sc.label.replace("@", "_at_"),
-                args.duration,
-            )
-        done = expect(pubs, "done", args.duration + 60)
-        sent = [d[1] for d in done]
-        first_send = min((d[2] for d in done if d[1]), default=start_ns)
-        last_send = max((d[3] for d in done), default=start_ns)
-        pub_end = max(d[4] for d in done)
-        pub_errors = [d[5] for d in done if d[5]]
-
-        drain_timeout = max(args.drain_timeout, 0.0)
-        for w in subs:
-            w.conn.send(("expect", sent, drain_timeout, args.stall_timeout))
-        results = [m[1] for m in expect(subs, "result", drain_timeout + 60)]
-        wall = time.monotonic() - wall0
-        server_cpu = server.cpu() - cpu0
-        sub_cpu, pub_cpu = workers_cpu(subs) - sub_cpu0, workers_cpu(pubs) - pub_cpu0
-        other_cpu = machine_busy() - busy0 - (_own_cpu() - own0) - server_cpu - sub_cpu - pub_cpu
-        server.window(False)
+        _start_clients(rig, ctx, server, sc, args)
+        _open_streams(rig, server, args)
+        start_ns = _start_publishing(rig, sc, args)
+        done, results, window = _measure(rig, server, sc, args)
         vm_hwm = server.vm_hwm_mb()
         if metrics:
             scraped = server.scrape()
-        for w in pubs:
+        for w in rig.pubs:
             w.conn.send(("stop",))
-        if spy is not None:
-            spy.wait(args.duration + 30)
+        if rig.spy is not None:
+            rig.spy.wait(args.duration + 30)
     finally:
-        for w in workers:
-            w.proc.join(5)
-            if w.proc.is_alive():
-                w.proc.terminate()
-                w.proc.join(5)
-        if spy is not None and spy.poll() is None:
-            spy.kill()
+        rig.end()
         server.stop()
+    return _figures(
+        sc, args, rig, server, start_ns, done, results, window, background, vm_hwm, metrics, scraped
+    )
+
+
+def _start_clients(
+    rig: _Rig, ctx: Any, server: Server, sc: Scenario, args: argparse.Namespace
+) -> None:
+    """The subscribers, spread over processes, and the publishers, one a process."""
+    for i, n in enumerate(spread(sc.subscribers, args.sub_procs)):
+        parent, child = ctx.Pipe()
+        cfg = {"index": i, "n": n, "address": server.address, "client": args.client}
+        p = ctx.Process(target=subscriber_process, args=(child, cfg), daemon=True)
+        rig.subs.append(Worker(p, parent, "subscriber", n))
+    for i in range(1 if sc.fast else args.publishers):
+        parent, child = ctx.Pipe()
+        cfg = {"index": i, "address": server.address, "window": args.fast_window}
+        p = ctx.Process(target=publisher_process, args=(child, cfg), daemon=True)
+        rig.pubs.append(Worker(p, parent, "publisher"))
+    for w in rig.workers:
+        w.start()
+
+
+def _open_streams(rig: _Rig, server: Server, args: argparse.Namespace) -> None:
+    """Log everyone in first, then open the streams: logins are broadcast,
+    and this way no stream sees the setup's login storm."""
+    expect(rig.workers, "logged_in", args.setup_timeout)
+    for w in rig.workers:
+        w.conn.send(("open",))
+    _probe_until_ready(server.address, rig.workers, args.setup_timeout)
+
+
+def _start_publishing(rig: _Rig, sc: Scenario, args: argparse.Namespace) -> int:
+    """Tell the publishers when to warm up and when to start counting; return
+    at the start of the count (its monotonic_ns)."""
+    time.sleep(0.2)  # let the probes' fan-out settle
+    warm_ns = time.monotonic_ns() + 100_000_000
+    start_ns = warm_ns + int(args.warmup * 1e9)
+    rate_each = sc.rate / len(rig.pubs)
+    for i, w in enumerate(rig.pubs):
+        offset = int(i * 1e9 / sc.rate) if not sc.fast else 0
+        w.conn.send(("go", warm_ns, start_ns, args.duration, rate_each, offset))
+    time.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
+    return start_ns
+
+
+def _measure(
+    rig: _Rig, server: Server, sc: Scenario, args: argparse.Namespace
+) -> tuple[list[Any], list[dict[str, Any]], _Window]:
+    """The measured window: publishing, then the subscribers' drain. The
+    publishers' "done" messages, the subscribers' results, and the window."""
+    subs, pubs = rig.subs, rig.pubs
+    cpu0 = server.cpu()
+    sub_cpu0, pub_cpu0 = workers_cpu(subs), workers_cpu(pubs)
+    busy0, own0 = machine_busy(), _own_cpu()
+    server.window(True)
+    wall0 = time.monotonic()
+    if args.py_spy:
+        rig.spy = start_py_spy(
+            args,
+            server.proc.pid,  # type: ignore[union-attr]
+            sc.label.replace("@", "_at_"),
+            args.duration,
+        )
+    done = expect(pubs, "done", args.duration + 60)
+    sent = [d[1] for d in done]
+    drain_timeout = max(args.drain_timeout, 0.0)
+    for w in subs:
+        w.conn.send(("expect", sent, drain_timeout, args.stall_timeout))
+    results = [m[1] for m in expect(subs, "result", drain_timeout + 60)]
+    wall = time.monotonic() - wall0
+    server_cpu = server.cpu() - cpu0
+    sub_cpu, pub_cpu = workers_cpu(subs) - sub_cpu0, workers_cpu(pubs) - pub_cpu0
+    other_cpu = machine_busy() - busy0 - (_own_cpu() - own0) - server_cpu - sub_cpu - pub_cpu
+    server.window(False)
+    return done, results, _Window(wall, server_cpu, sub_cpu, pub_cpu, other_cpu)
+
+
+def _figures(
+    sc: Scenario,
+    args: argparse.Namespace,
+    rig: _Rig,
+    server: Server,
+    start_ns: int,
+    done: list[Any],
+    results: list[dict[str, Any]],
+    window: _Window,
+    background: float | None,
+    vm_hwm: float | None,
+    metrics: bool,
+    scraped: dict[str, float],
+) -> dict[str, Any]:
+    """Every figure of the run, as the JSON has them."""
+    import numpy as np
+
+    npubs, subs = len(rig.pubs), rig.subs
+    wall, server_cpu, sub_cpu = window.wall, window.server_cpu, window.sub_cpu
+    pub_cpu, other_cpu = window.pub_cpu, window.other_cpu
+    sent = [d[1] for d in done]
+    first_send = min((d[2] for d in done if d[1]), default=start_ns)
+    last_send = max((d[3] for d in done), default=start_ns)
+    pub_end = max(d[4] for d in done)
+    pub_errors = [d[5] for d in done if d[5]]
 
     total_sent = sum(sent)
     received = sum(r["received"] for r in results)

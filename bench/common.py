@@ -280,6 +280,42 @@ def workers_cpu(workers: list[Worker]) -> float:
     return total
 
 
+def spread(clients: int, procs: int) -> list[int]:
+    """``clients`` split as evenly as can be over at most ``procs`` processes
+    (at least one; never one with none)."""
+    procs = max(1, min(procs, clients))
+    return [clients // procs + (i < clients % procs) for i in range(procs)]
+
+
+def start_spread(
+    ctx: Any, target: Any, kind: str, clients: int, procs: int, cfg: dict[str, Any]
+) -> list[Worker]:
+    """``clients`` spread over ``procs`` processes, each running
+    ``target(conn, cfg)`` with its share on top of ``cfg``: ``index``, ``n``
+    (its clients) and ``first`` (the number of its first client); started."""
+    workers: list[Worker] = []
+    first = 0
+    for i, n in enumerate(spread(clients, procs)):
+        parent, child = ctx.Pipe()
+        own = {"index": i, "n": n, "first": first, **cfg}
+        first += n
+        workers.append(
+            Worker(ctx.Process(target=target, args=(child, own), daemon=True), parent, kind, n)
+        )
+    for w in workers:
+        w.start()
+    return workers
+
+
+def end_workers(workers: list[Worker]) -> None:
+    """Wait for each worker to exit (told to quit, or done); terminate a straggler."""
+    for w in workers:
+        w.proc.join(5)
+        if w.proc.is_alive():
+            w.proc.terminate()
+            w.proc.join(5)
+
+
 # -- options shared by every benchmark -----------------------------------------
 
 
@@ -347,6 +383,45 @@ def start_py_spy(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+# -- figures -------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float, places: int) -> float | None:
+    """The q-th percentile (linear between the nearest two), rounded; None if empty."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return round(s[lo] + (s[hi] - s[lo]) * (k - lo), places)
+
+
+def latencies(values: list[float], places: int) -> dict[str, Any]:
+    """Count, p50, p90, p99 and max of some latencies, rounded."""
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50, places),
+        "p90": percentile(values, 90, places),
+        "p99": percentile(values, 99, places),
+        "max": round(max(values), places) if values else None,
+    }
+
+
+def underrun_clusters(times: list[int], frame_ns: int) -> list[dict[str, Any]]:
+    """Underruns grouped by when they happened: many listeners at one instant
+    point at the server (or the machine), scattered ones at the clients."""
+    out: list[dict[str, Any]] = []
+    for t in times:
+        if out and t - out[-1]["_last"] <= 5 * frame_ns:
+            out[-1]["listeners"] += 1
+            out[-1]["_last"] = t
+        else:
+            out.append({"t_ns": t, "listeners": 1, "_last": t})
+    for c in out:
+        del c["_last"]
+    return out[:20]
 
 
 # -- output --------------------------------------------------------------------

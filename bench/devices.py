@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import bisect
 import contextlib
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -40,7 +39,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -51,15 +50,20 @@ from bench.common import (
     add_common_options,
     ask,
     columns,
+    end_workers,
     expect,
     finish,
+    latencies,
     machine_busy,
     mark,
     ms,
+    percentile,
     raise_fd_limit,
     server_env,
     shut_doors,
     start_py_spy,
+    start_spread,
+    underrun_clusters,
     wait_quiet,
     workers_cpu,
 )
@@ -597,153 +601,68 @@ LATENCY_TARGET_AT = 100
 REALTIME_TARGET_AT = 1000  # 0 underruns, nothing dropped
 
 
-def _wait_quiet(args: argparse.Namespace) -> float:
-    """Background CPU (% of a core) over 1 s; waits up to --wait-quiet s for it to drop."""
-    return wait_quiet(args.wait_quiet, args.quiet_pct)
+@dataclass
+class _Rig:
+    """One run's client processes (the controller, then the listeners), what
+    the controller pressed, and the profiler if one runs."""
+
+    workers: list[Worker] = field(default_factory=list)
+    presses: list[tuple[str, int, int, bool]] = field(default_factory=list)
+    spy: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ctrl(self) -> Worker:
+        return self.workers[0]
+
+    @property
+    def listeners(self) -> list[Worker]:
+        return self.workers[1:]
+
+    def press(self, name: str) -> tuple[int, int]:
+        """Press a button on the controller: (sent, acked) times."""
+        _, sent, acked, ack = ask([self.ctrl], ("press", name), "pressed", 30)[0]
+        self.presses.append((name, sent, acked, ack))
+        return sent, acked
+
+    def wait_all(self, kind: str, k: int, timeout: float) -> int:
+        """Until every listener has seen its k-th stream ``kind``; how many did."""
+        asked = ask(self.listeners, ("wait", kind, k, timeout), "waited", timeout + 30)
+        return sum(m[1] for m in asked)
+
+    def end(self) -> None:
+        end_workers(self.workers)
+        if self.spy is not None and self.spy.poll() is None:
+            self.spy.kill()
 
 
 def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
-
     ctx = mp.get_context("spawn")
-    background = _wait_quiet(args)
+    background = wait_quiet(args.wait_quiet, args.quiet_pct)
     server = Server(args, log_dir, sc.label, sc.frame_ms)
     server.start()
-    workers: list[Worker] = []
-    spy: subprocess.Popen[bytes] | None = None
-    presses: list[tuple[str, int, int, bool]] = []
+    rig = _Rig()
     try:
-        parent, child = ctx.Pipe()
-        cfg = {
-            "address": server.address,
-            "room": ROOM,
-            "frame_ms": sc.frame_ms,
-            "setup_timeout": args.setup_timeout,
-        }
-        ctrl = Worker(
-            ctx.Process(target=controller_process, args=(child, cfg), daemon=True),
-            parent,
-            "controller",
-        )
-        ctrl.start()
-        workers.append(ctrl)
-        expect([ctrl], "ready", args.setup_timeout)
-
-        def press(name: str) -> tuple[int, int]:
-            _, sent, acked, ack = ask([ctrl], ("press", name), "pressed", 30)[0]
-            presses.append((name, sent, acked, ack))
-            return sent, acked
-
-        for _ in range(LONG_MODE_PRESSES):
-            press("mode")
-        frame = ask([ctrl], ("frame",), "frame", 10)[0][1]
-        long_selected = frame is not None and frame[2:] == (CYAN, CYAN, 0, 0)
-
-        procs = max(1, min(args.procs, sc.listeners))
-        per = [sc.listeners // procs + (i < sc.listeners % procs) for i in range(procs)]
-        listeners: list[Worker] = []
-        first = 0
-        for i, n in enumerate(per):
-            parent, child = ctx.Pipe()
-            lcfg = {
-                "index": i,
-                "n": n,
-                "first": first,
-                "address": server.address,
-                "room": ROOM,
-                "frame_ms": sc.frame_ms,
-                "gap_factor": args.gap_factor,
-                "per_conn": args.per_conn,
-                "status_every": args.status_every,
-                "decode": args.decode,
-                "client": args.client,
-                "uvloop": args.client_uvloop,
-                "setup_timeout": args.setup_timeout,
-            }
-            first += n
-            p = ctx.Process(target=listener_process, args=(child, lcfg), daemon=True)
-            listeners.append(Worker(p, parent, "listener", n))
-        for w in listeners:
-            w.start()
-        workers += listeners
-        opened = expect(listeners, "opened", args.setup_timeout + 30)
-        status_ready = sum(o[1] for o in opened)
-        status_devices = sum(o[2] for o in opened)
-
-        def wait_all(kind: str, k: int, timeout: float) -> int:
-            return sum(
-                m[1] for m in ask(listeners, ("wait", kind, k, timeout), "waited", timeout + 30)
-            )
-
-        # Warm-up: every listener must get this stream's start (so every
-        # stream is open at the server), and its end.
-        press("play")
-        warm_started = wait_all("start", 1, args.setup_timeout)
-        time.sleep(0.2)
-        press("stop")
-        wait_all("end", 1, 30)
-        time.sleep(0.5)
-
-        # The long stream: CPU, underruns, packets/s.
-        long_play, _ = press("play")
-        wait_all("start", 2, 30)
-        time.sleep(args.settle)
-        busy0, t0 = machine_busy(), time.monotonic()
-        cpu0, lcpu0, ccpu0 = server.cpu(), workers_cpu(listeners), workers_cpu([ctrl])
-        if args.py_spy:
-            spy = start_py_spy(
-                args,
-                server.proc.pid,  # type: ignore[union-attr]
-                sc.label,
-                args.duration,
-                rate=200,
-            )
-        time.sleep(args.duration)
-        t1 = time.monotonic()
-        cpu1, lcpu1 = server.cpu(), workers_cpu(listeners)
-        ccpu1, busy1 = workers_cpu([ctrl]), machine_busy()
-        window = t1 - t0
-        window_ns = (int(t0 * 1e9), int(t1 * 1e9))
-        long_stop, _ = press("stop")
-        wait_all("end", 2, 30)
-        if spy is not None:
-            spy.wait(args.duration + 30)
-
-        # Play/Stop cycles: latencies.
-        for _ in range(args.cycles):
-            time.sleep(args.idle)
-            press("play")
-            time.sleep(args.hold)
-            press("stop")
-        ended = wait_all("end", 2 + args.cycles, 30)
-        results = [m[1] for m in ask(listeners, ("collect",), "collected", 60)]
-        _, ctrl_audio, ctrl_frames = ask([ctrl], ("collect",), "collected", 30)[0]
+        _start_controller(rig, ctx, server, sc, args)
+        frame, long_selected = _select_long_sound(rig)
+        opened = _start_listeners(rig, ctx, server, sc, args)
+        warm_started = _warm_up(rig, args)
+        window = _long_stream(rig, server, sc, args)
+        ended = _play_stop_cycles(rig, args)
+        results = [m[1] for m in ask(rig.listeners, ("collect",), "collected", 60)]
+        _, ctrl_audio, ctrl_frames = ask([rig.ctrl], ("collect",), "collected", 30)[0]
         vm_hwm = server.vm_hwm_mb()
-        for w in workers:
+        for w in rig.workers:
             w.conn.send(("quit",))
     finally:
-        for w in workers:
-            w.proc.join(5)
-            if w.proc.is_alive():
-                w.proc.terminate()
-                w.proc.join(5)
-        if spy is not None and spy.poll() is None:
-            spy.kill()
+        rig.end()
         server.stop()
 
     return analyse(
         sc,
         args,
-        presses=presses,
+        presses=rig.presses,
         results=results,
-        long_play=long_play,
-        long_stop=long_stop,
-        window=window,
-        window_ns=window_ns,
-        server_cpu=cpu1 - cpu0,
-        server_peak_pct=server.peak_cpu_pct(t0, t1),
-        listener_cpu=lcpu1 - lcpu0,
-        controller_cpu=ccpu1 - ccpu0,
-        machine_busy=busy1 - busy0,
+        **window,
         background=background,
         rss_peak=server.rss_peak,
         vm_hwm=vm_hwm,
@@ -753,19 +672,124 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, log_dir: Path) -> dict[
         frame=frame,
         warm_started=warm_started,
         ended=ended,
-        status_ready=status_ready,
-        status_devices=status_devices,
-        procs=procs,
+        status_ready=sum(o[1] for o in opened),
+        status_devices=sum(o[2] for o in opened),
+        procs=len(rig.listeners),
     )
 
 
+def _start_controller(
+    rig: _Rig, ctx: Any, server: Server, sc: Scenario, args: argparse.Namespace
+) -> None:
+    """The device that presses the buttons, in a process of its own."""
+    parent, child = ctx.Pipe()
+    cfg = {
+        "address": server.address,
+        "room": ROOM,
+        "frame_ms": sc.frame_ms,
+        "setup_timeout": args.setup_timeout,
+    }
+    ctrl = Worker(
+        ctx.Process(target=controller_process, args=(child, cfg), daemon=True),
+        parent,
+        "controller",
+    )
+    ctrl.start()
+    rig.workers.append(ctrl)
+    expect([ctrl], "ready", args.setup_timeout)
+
+
+def _select_long_sound(rig: _Rig) -> tuple[Any, bool]:
+    """Mode x5 selects the long sound: the LED frame then, and whether it says so."""
+    for _ in range(LONG_MODE_PRESSES):
+        rig.press("mode")
+    frame = ask([rig.ctrl], ("frame",), "frame", 10)[0][1]
+    return frame, frame is not None and frame[2:] == (CYAN, CYAN, 0, 0)
+
+
+def _start_listeners(
+    rig: _Rig, ctx: Any, server: Server, sc: Scenario, args: argparse.Namespace
+) -> list[Any]:
+    """The listening devices, spread over processes; each process's "opened"."""
+    cfg = {
+        "address": server.address,
+        "room": ROOM,
+        "frame_ms": sc.frame_ms,
+        "gap_factor": args.gap_factor,
+        "per_conn": args.per_conn,
+        "status_every": args.status_every,
+        "decode": args.decode,
+        "client": args.client,
+        "uvloop": args.client_uvloop,
+        "setup_timeout": args.setup_timeout,
+    }
+    listeners = start_spread(ctx, listener_process, "listener", sc.listeners, args.procs, cfg)
+    rig.workers += listeners
+    return expect(listeners, "opened", args.setup_timeout + 30)
+
+
+def _warm_up(rig: _Rig, args: argparse.Namespace) -> int:
+    """Every listener must get a stream's start (so every stream is open at the
+    server), and its end. How many got the start."""
+    rig.press("play")
+    warm_started = rig.wait_all("start", 1, args.setup_timeout)
+    time.sleep(0.2)
+    rig.press("stop")
+    rig.wait_all("end", 1, 30)
+    time.sleep(0.5)
+    return warm_started
+
+
+def _long_stream(
+    rig: _Rig, server: Server, sc: Scenario, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The long stream's measured window: CPU, underruns, packets/s."""
+    long_play, _ = rig.press("play")
+    rig.wait_all("start", 2, 30)
+    time.sleep(args.settle)
+    busy0, t0 = machine_busy(), time.monotonic()
+    cpu0, lcpu0, ccpu0 = server.cpu(), workers_cpu(rig.listeners), workers_cpu([rig.ctrl])
+    if args.py_spy:
+        rig.spy = start_py_spy(
+            args,
+            server.proc.pid,  # type: ignore[union-attr]
+            sc.label,
+            args.duration,
+            rate=200,
+        )
+    time.sleep(args.duration)
+    t1 = time.monotonic()
+    cpu1, lcpu1 = server.cpu(), workers_cpu(rig.listeners)
+    ccpu1, busy1 = workers_cpu([rig.ctrl]), machine_busy()
+    long_stop, _ = rig.press("stop")
+    rig.wait_all("end", 2, 30)
+    if rig.spy is not None:
+        rig.spy.wait(args.duration + 30)
+    return {
+        "long_play": long_play,
+        "long_stop": long_stop,
+        "window": t1 - t0,
+        "window_ns": (int(t0 * 1e9), int(t1 * 1e9)),
+        "server_cpu": cpu1 - cpu0,
+        "server_peak_pct": server.peak_cpu_pct(t0, t1),
+        "listener_cpu": lcpu1 - lcpu0,
+        "controller_cpu": ccpu1 - ccpu0,
+        "machine_busy": busy1 - busy0,
+    }
+
+
+def _play_stop_cycles(rig: _Rig, args: argparse.Namespace) -> int:
+    """Play/Stop cycles, for the latencies; how many listeners saw every end."""
+    for _ in range(args.cycles):
+        time.sleep(args.idle)
+        rig.press("play")
+        time.sleep(args.hold)
+        rig.press("stop")
+    return rig.wait_all("end", 2 + args.cycles, 30)
+
+
 def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return round(s[lo] + (s[hi] - s[lo]) * (k - lo), 3)
+    return percentile(values, q, 3)
 
 
 def analyse(sc: Scenario, args: argparse.Namespace, **m: Any) -> dict[str, Any]:
@@ -885,7 +909,7 @@ def analyse(sc: Scenario, args: argparse.Namespace, **m: Any) -> dict[str, Any]:
         "underrun_gap_ms": args.gap_factor * sc.frame_ms,
         "underruns": underruns,
         "listeners_with_underruns": with_underruns,
-        "underrun_instants": _clusters(sorted(gap_times), frame_ns),
+        "underrun_instants": underrun_clusters(sorted(gap_times), frame_ns),
         "max_gap_ms": {
             "p50": _pct(max_gaps, 50),
             "p99": _pct(max_gaps, 99),
@@ -932,29 +956,8 @@ def analyse(sc: Scenario, args: argparse.Namespace, **m: Any) -> dict[str, Any]:
     return res
 
 
-def _clusters(times: list[int], frame_ns: int) -> list[dict[str, Any]]:
-    """Underruns grouped by when they happened: many listeners at one instant
-    point at the server (or the machine), scattered ones at the clients."""
-    out: list[dict[str, Any]] = []
-    for t in times:
-        if out and t - out[-1]["_last"] <= 5 * frame_ns:
-            out[-1]["listeners"] += 1
-            out[-1]["_last"] = t
-        else:
-            out.append({"t_ns": t, "listeners": 1, "_last": t})
-    for c in out:
-        del c["_last"]
-    return out[:20]
-
-
 def _lat(values: list[float]) -> dict[str, Any]:
-    return {
-        "n": len(values),
-        "p50": _pct(values, 50),
-        "p90": _pct(values, 90),
-        "p99": _pct(values, 99),
-        "max": round(max(values), 3) if values else None,
-    }
+    return latencies(values, 3)
 
 
 def check(res: dict[str, Any]) -> dict[str, bool]:

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -41,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +50,18 @@ from bench.common import (
     add_common_options,
     ask,
     columns,
+    end_workers,
     finish,
+    latencies,
     machine_busy,
     mark,
     ms,
+    percentile,
     raise_fd_limit,
     server_env,
     start_py_spy,
+    start_spread,
+    underrun_clusters,
     wait_quiet,
     workers_cpu,
 )
@@ -208,10 +212,6 @@ def _softirq() -> float:
     return float(psutil.cpu_times().softirq)
 
 
-def _wait_quiet(args: argparse.Namespace) -> float:
-    return wait_quiet(args.wait_quiet, args.quiet_pct)
-
-
 # -- a scenario ------------------------------------------------------------------
 
 
@@ -225,197 +225,186 @@ class Scenario:
         return f"{self.listeners}@{self.frame_ms:g}ms"
 
 
+@dataclass
+class _Rig:
+    """One run's listener processes, the controller and the profiler, if any."""
+
+    workers: list[Worker] = field(default_factory=list)
+    controller: Controller | None = None
+    spy: subprocess.Popen[bytes] | None = None
+
+    def end(self) -> None:
+        if self.controller is not None:
+            self.controller.close()
+        end_workers(self.workers)
+        if self.spy is not None and self.spy.poll() is None:
+            self.spy.kill()
+
+
 def run_scenario(
     sc: Scenario, args: argparse.Namespace, log_dir: Path, music: Path
 ) -> dict[str, Any]:
-
+    """One scenario on a fresh server; every figure lands in ``m`` for ``analyse``."""
     ctx = mp.get_context("spawn")
-    background = _wait_quiet(args)
+    background = wait_quiet(args.wait_quiet, args.quiet_pct)
     server = Server(args, log_dir, sc.label, sc.frame_ms)
     server.start(music)
-    workers: list[Worker] = []
-    controller: Controller | None = None
-    spy: subprocess.Popen[bytes] | None = None
+    rig = _Rig()
     m: dict[str, Any] = {"background": background}
     try:
-        procs = max(1, min(args.procs, sc.listeners))
-        per = [sc.listeners // procs + (i < sc.listeners % procs) for i in range(procs)]
-        first = 0
-        for i, n in enumerate(per):
-            parent, child = ctx.Pipe()
-            cfg = {
-                "index": i,
-                "n": n,
-                "first": first,
-                "address": server.stream_address,
-                "frame_ms": sc.frame_ms,
-                "gap_factor": args.gap_factor,
-                "parse": args.parse,
-                "decode": args.decode,
-                "connect_batch": args.connect_batch,
-                "setup_timeout": args.setup_timeout,
-                "ping_every": args.ping_every,
-                "nice": args.client_nice,
-                "io": args.io,
-            }
-            first += n
-            p = ctx.Process(target=worker_process, args=(child, cfg), daemon=True)
-            workers.append(Worker(p, parent, "listener", n))
-        for w in workers:
-            w.start()
-
-        # Connect (HELLO/WELCOME) and JOIN the room.
-        t_setup = time.monotonic()
-        connected = ask(workers, ("connect",), "connected", args.setup_timeout + 60)
-        m["connected"] = sum(c[1] for c in connected)
-        m["connect_failures"] = dict(sum((Counter(c[2]) for c in connected), Counter()))
-        m["tracks"] = connected[0][3]
-        m["connect_s"] = round(max(c[4] for c in connected) / 1e9, 2)
-        joined = ask(workers, ("join", ROOM), "joined", args.setup_timeout + 30)
-        m["joined"] = sum(j[1] for j in joined)
-        m["setup_s"] = round(time.monotonic() - t_setup, 2)
-
-        # The controller: Mode x5 selects the long sound, then Play.
-        controller = Controller(server.grpc_address)
-        state = ""
-        for _ in range(LONG_MODE_PRESSES):
-            state = controller.press("mode")
-        m["state_after_mode_x5"] = state
-        m["long_selected"] = "mode 6" in state
-        play_state = controller.press("play")
-        m["state_after_play"] = play_state
-        started = ask(
-            workers, ("wait_audio", 1, args.setup_timeout), "waited", args.setup_timeout + 30
-        )
-        m["room_stream_listeners"] = sum(s[1] for s in started)
-        m["room_first_audio_s"] = round(max(s[2] for s in started) / 1e9, 3)
-        time.sleep(args.settle)
-
-        # The measured window.
-        busy0, soft0, t0 = machine_busy(), _softirq(), time.monotonic()
-        m["window_ns"] = [time.monotonic_ns(), 0]
-        cpu0, lcpu0 = server.cpu(), workers_cpu(workers)
-        ask(workers, ("window_start",), "started", 30)
-        if args.py_spy and not args.py_spy_probes:
-            pid = server.proc.pid  # type: ignore[union-attr]
-            spy = start_py_spy(args, pid, f"tcp-{sc.label}", args.duration, rate=200)
-        time.sleep(args.duration)
-        windows = [w[1] for w in ask(workers, ("window_end",), "window", 60)]
-        m["window_ns"][1] = time.monotonic_ns()
-        t1 = time.monotonic()
-        cpu1, lcpu1, busy1, soft1 = server.cpu(), workers_cpu(workers), machine_busy(), _softirq()
-        m.update(
-            window=t1 - t0,
-            windows=windows,
-            server_cpu=cpu1 - cpu0,
-            server_peak_pct=server.peak_cpu_pct(t0, t1),
-            listener_cpu=lcpu1 - lcpu0,
-            machine_busy=busy1 - busy0,
-            softirq=soft1 - soft0,
-            rss_peak_window=server.rss_peak,
-        )
-        if spy is not None:
-            spy.wait(args.duration + 30)
-            spy = None
-        m["state_after_stop"] = controller.press("stop")
-        ended = ask(workers, ("wait_end", 1, 30), "ended", 60)
+        _start_listeners(rig, ctx, server, sc, args)
+        _connect_and_join(rig, args, m)
+        rig.controller = Controller(server.grpc_address)
+        _start_room_stream(rig, args, m)
+        _measure_window(rig, server, sc, args, m)
+        m["state_after_stop"] = rig.controller.press("stop")
+        ended = ask(rig.workers, ("wait_end", 1, 30), "ended", 60)
         m["room_stream_ended"] = sum(e[1] for e in ended)
-
-        # PLAY latencies: each listener its own tracks on its own connection.
         m["probes"] = []
         if sc.listeners in args.latency_at and (args.burst_rounds or args.spread_rounds):
-            track_ids = [t[0] for t in m["tracks"]]
-            if len(track_ids) < 2:
-                raise RuntimeError(f"the music folder lists {len(track_ids)} tracks, need 2")
-            time.sleep(0.5)
-            cpu_p0, t_p0 = server.cpu(), time.monotonic()
-            if args.py_spy_probes:
-                pid = server.proc.pid  # type: ignore[union-attr]
-                spy = start_py_spy(args, pid, f"tcp-{sc.label}-probes", 600, rate=200)
-            # The first round finds every track's packets not yet encoded
-            # (the hub encodes music on first play): reported apart.
-            rounds = (
-                [("cold", 0.0)] * (1 if args.cold_round else 0)
-                + [("burst", 0.0)] * args.burst_rounds
-                + [("spread", args.spread)] * args.spread_rounds
-            )
-            for r, (kind, spread) in enumerate(rounds):
-                at = time.monotonic_ns() + 200_000_000
-                timeout = args.probe_timeout
-                got = ask(
-                    workers,
-                    ("probe_round", at, spread, track_ids, args.hold, timeout),
-                    "probed",
-                    spread + 2 * args.hold + 3 * timeout + 30,
-                )
-                m["probes"].append(
-                    {"round": r, "kind": kind, "results": [x for g in got for x in g[1]]}
-                )
-                time.sleep(0.3)
-            m["probe_server_cpu_pct"] = round(
-                100 * (server.cpu() - cpu_p0) / (time.monotonic() - t_p0), 1
-            )
-            if spy is not None and spy.poll() is None:
-                spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    spy.wait(30)
-        collected = [c[1] for c in ask(workers, ("collect",), "collected", 60)]
-        m["collected"] = collected
+            _play_latencies(rig, server, sc, args, m)
+        m["collected"] = [c[1] for c in ask(rig.workers, ("collect",), "collected", 60)]
         m["vm_hwm"] = server.vm_hwm_mb()
         m["rss_peak"] = server.rss_peak
-        for w in workers:
+        for w in rig.workers:
             w.conn.send(("quit",))
     finally:
-        if controller is not None:
-            controller.close()
-        for w in workers:
-            w.proc.join(5)
-            if w.proc.is_alive():
-                w.proc.terminate()
-                w.proc.join(5)
-        if spy is not None and spy.poll() is None:
-            spy.kill()
+        rig.end()
         m["server_warnings"] = server.log_tail()
         m["server_exit"] = server.stop()
         m["probe"] = server.probe()
     return analyse(sc, args, m)
 
 
+def _start_listeners(
+    rig: _Rig, ctx: Any, server: Server, sc: Scenario, args: argparse.Namespace
+) -> None:
+    """The listeners, spread over processes (not yet connected)."""
+    cfg = {
+        "address": server.stream_address,
+        "frame_ms": sc.frame_ms,
+        "gap_factor": args.gap_factor,
+        "parse": args.parse,
+        "decode": args.decode,
+        "connect_batch": args.connect_batch,
+        "setup_timeout": args.setup_timeout,
+        "ping_every": args.ping_every,
+        "nice": args.client_nice,
+        "io": args.io,
+    }
+    rig.workers += start_spread(ctx, worker_process, "listener", sc.listeners, args.procs, cfg)
+
+
+def _connect_and_join(rig: _Rig, args: argparse.Namespace, m: dict[str, Any]) -> None:
+    """Connect (HELLO/WELCOME) and JOIN the room."""
+    t_setup = time.monotonic()
+    connected = ask(rig.workers, ("connect",), "connected", args.setup_timeout + 60)
+    m["connected"] = sum(c[1] for c in connected)
+    m["connect_failures"] = dict(sum((Counter(c[2]) for c in connected), Counter()))
+    m["tracks"] = connected[0][3]
+    m["connect_s"] = round(max(c[4] for c in connected) / 1e9, 2)
+    joined = ask(rig.workers, ("join", ROOM), "joined", args.setup_timeout + 30)
+    m["joined"] = sum(j[1] for j in joined)
+    m["setup_s"] = round(time.monotonic() - t_setup, 2)
+
+
+def _start_room_stream(rig: _Rig, args: argparse.Namespace, m: dict[str, Any]) -> None:
+    """The controller: Mode x5 selects the long sound, then Play; until every
+    listener has its first AUDIO, and then --settle more."""
+    assert rig.controller is not None
+    state = ""
+    for _ in range(LONG_MODE_PRESSES):
+        state = rig.controller.press("mode")
+    m["state_after_mode_x5"] = state
+    m["long_selected"] = "mode 6" in state
+    play_state = rig.controller.press("play")
+    m["state_after_play"] = play_state
+    started = ask(
+        rig.workers, ("wait_audio", 1, args.setup_timeout), "waited", args.setup_timeout + 30
+    )
+    m["room_stream_listeners"] = sum(s[1] for s in started)
+    m["room_first_audio_s"] = round(max(s[2] for s in started) / 1e9, 3)
+    time.sleep(args.settle)
+
+
+def _measure_window(
+    rig: _Rig, server: Server, sc: Scenario, args: argparse.Namespace, m: dict[str, Any]
+) -> None:
+    """The measured window: the listeners' own figures, CPU and memory."""
+    workers = rig.workers
+    busy0, soft0, t0 = machine_busy(), _softirq(), time.monotonic()
+    m["window_ns"] = [time.monotonic_ns(), 0]
+    cpu0, lcpu0 = server.cpu(), workers_cpu(workers)
+    ask(workers, ("window_start",), "started", 30)
+    if args.py_spy and not args.py_spy_probes:
+        pid = server.proc.pid  # type: ignore[union-attr]
+        rig.spy = start_py_spy(args, pid, f"tcp-{sc.label}", args.duration, rate=200)
+    time.sleep(args.duration)
+    windows = [w[1] for w in ask(workers, ("window_end",), "window", 60)]
+    m["window_ns"][1] = time.monotonic_ns()
+    t1 = time.monotonic()
+    cpu1, lcpu1, busy1, soft1 = server.cpu(), workers_cpu(workers), machine_busy(), _softirq()
+    m.update(
+        window=t1 - t0,
+        windows=windows,
+        server_cpu=cpu1 - cpu0,
+        server_peak_pct=server.peak_cpu_pct(t0, t1),
+        listener_cpu=lcpu1 - lcpu0,
+        machine_busy=busy1 - busy0,
+        softirq=soft1 - soft0,
+        rss_peak_window=server.rss_peak,
+    )
+    if rig.spy is not None:
+        rig.spy.wait(args.duration + 30)
+        rig.spy = None
+
+
+def _play_latencies(
+    rig: _Rig, server: Server, sc: Scenario, args: argparse.Namespace, m: dict[str, Any]
+) -> None:
+    """PLAY latencies: each listener its own tracks on its own connection."""
+    track_ids = [t[0] for t in m["tracks"]]
+    if len(track_ids) < 2:
+        raise RuntimeError(f"the music folder lists {len(track_ids)} tracks, need 2")
+    time.sleep(0.5)
+    cpu_p0, t_p0 = server.cpu(), time.monotonic()
+    if args.py_spy_probes:
+        pid = server.proc.pid  # type: ignore[union-attr]
+        rig.spy = start_py_spy(args, pid, f"tcp-{sc.label}-probes", 600, rate=200)
+    # The first round finds every track's packets not yet encoded
+    # (the hub encodes music on first play): reported apart.
+    rounds = (
+        [("cold", 0.0)] * (1 if args.cold_round else 0)
+        + [("burst", 0.0)] * args.burst_rounds
+        + [("spread", args.spread)] * args.spread_rounds
+    )
+    for r, (kind, spread_s) in enumerate(rounds):
+        at = time.monotonic_ns() + 200_000_000
+        timeout = args.probe_timeout
+        got = ask(
+            rig.workers,
+            ("probe_round", at, spread_s, track_ids, args.hold, timeout),
+            "probed",
+            spread_s + 2 * args.hold + 3 * timeout + 30,
+        )
+        m["probes"].append({"round": r, "kind": kind, "results": [x for g in got for x in g[1]]})
+        time.sleep(0.3)
+    m["probe_server_cpu_pct"] = round(100 * (server.cpu() - cpu_p0) / (time.monotonic() - t_p0), 1)
+    if rig.spy is not None and rig.spy.poll() is None:
+        rig.spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            rig.spy.wait(30)
+
+
 # -- figures ---------------------------------------------------------------------------
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return round(s[lo] + (s[hi] - s[lo]) * (k - lo), 2)
+    return percentile(values, q, 2)
 
 
 def _lat(values: list[float]) -> dict[str, Any]:
-    return {
-        "n": len(values),
-        "p50": _pct(values, 50),
-        "p90": _pct(values, 90),
-        "p99": _pct(values, 99),
-        "max": round(max(values), 2) if values else None,
-    }
-
-
-def _clusters(times: list[int], frame_ns: int) -> list[dict[str, Any]]:
-    """Underruns grouped by instant: many listeners at once point at the
-    server (or the machine), scattered ones at the clients."""
-    out: list[dict[str, Any]] = []
-    for t in times:
-        if out and t - out[-1]["_last"] <= 5 * frame_ns:
-            out[-1]["listeners"] += 1
-            out[-1]["_last"] = t
-        else:
-            out.append({"t_ns": t, "listeners": 1, "_last": t})
-    for c in out:
-        del c["_last"]
-    return out[:20]
+    return latencies(values, 2)
 
 
 LEAD_NS = 60_000_000  # hub/audio/pacer.py DEFAULT_LEAD: packets leave this far ahead
@@ -571,7 +560,7 @@ def analyse(sc: Scenario, args: argparse.Namespace, m: dict[str, Any]) -> dict[s
         "listeners_with_underruns": sum(s[2] > 0 for s in snaps),
         "seq_gaps": seq_gaps,
         "listeners_with_seq_gaps": sum(s[3] > 0 for s in snaps),
-        "underrun_instants": _clusters(gap_times, frame_ns),
+        "underrun_instants": underrun_clusters(gap_times, frame_ns),
         "max_gap_ms": {
             "p50": _pct(max_gaps, 50),
             "p99": _pct(max_gaps, 99),

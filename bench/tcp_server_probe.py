@@ -2,8 +2,8 @@
 
     HUB_BENCH_PROBE=/tmp/probe.json python -m bench.tcp_server_probe -s ...
 
-Runs ``hub.cli.main`` after wrapping three things, and writes what they saw
-to ``$HUB_BENCH_PROBE`` (JSON) when the server exits:
+Runs the hub's ``main`` (hub/__main__.py) after wrapping three things, and
+writes what they saw to ``$HUB_BENCH_PROBE`` (JSON) when the server exits:
 
 - ``Hub._deliver`` for room audio (``room:*:audio``): per publication, the
   stream id, seq, and ``time.monotonic_ns()`` before and after the
@@ -166,7 +166,7 @@ def main() -> int:
     variants = {v for v in os.environ.get("BENCH_TCP_VARIANT", "").split(",") if v}
     if variants:
         install_variants(variants)
-    from hub.cli import main as hub_main
+    from hub.__main__ import main as hub_main
 
     return hub_main()
 

@@ -20,12 +20,6 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-# gRPC's C core writes log lines of its own to standard error (a failed bind
-# comes out twice, once in its format, before ours); the reference prints only
-# its lines. Core reads this once, when grpc loads: so here, before any import
-# of it. An explicit GRPC_VERBOSITY (e.g. debug) still wins.
-os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-
 from hub import logs, workers
 from hub.app import Addresses, App, StartError, backplane_for
 from hub.audio.library import SoundLibrary, default_sounds_folder

@@ -15,9 +15,11 @@
 - ``channel``: a channel to ``hub_server``.
 - ``procs``: real `hub` processes (``cli_helpers.Procs``), stopped at teardown.
 
-Their types (``ServedHub``, ``ServeHub``, ``OpenChannel``), the constants and
-the wait helpers (``timeout``, ``eventually``) live in ``chat_helpers``: import
-that, never ``conftest`` (each test folder has its own). Every timeout is a
+Their types (``ServedHub``, ``ServeHub``, ``OpenChannel``), the constants, the
+wait helpers (``timeout``, ``eventually``), ``settings_param`` for a settings
+fixture and the ``no_errors_logged`` fixture (autouse where imported) live in
+``chat_helpers``: import that, never ``conftest`` (each test folder has its
+own). The one fake clock is ``fake_clock.FakeClock``. Every timeout is a
 sanity bound scaled by ``HUB_TEST_TIMEOUT_FACTOR``.
 """
 
@@ -30,7 +32,15 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from chat_helpers import PASSWORD, SECRET, OpenChannel, ServedHub, ServeHub, run_hub
+from chat_helpers import (
+    PASSWORD,
+    SECRET,
+    OpenChannel,
+    ServedHub,
+    ServeHub,
+    run_hub,
+    settings_param,
+)
 from cli_helpers import Procs
 
 from hub.clock import Clock
@@ -45,11 +55,7 @@ def token_secret() -> bytes:
 
 @pytest.fixture
 def hub_settings(request: pytest.FixtureRequest) -> Settings:
-    param = getattr(request, "param", None)
-    if param is not None:
-        assert isinstance(param, Settings)
-        return param
-    return Settings(chat=ChatSettings(password=PASSWORD))
+    return settings_param(request, lambda: Settings(chat=ChatSettings(password=PASSWORD)))
 
 
 @pytest_asyncio.fixture

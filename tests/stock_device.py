@@ -291,6 +291,11 @@ class StockDevice:
     def connected(self) -> bool:
         return self._channel is not None
 
+    @property
+    def unclaimed_acks(self) -> int:
+        """DeviceEventResponses received that no press has taken yet."""
+        return self._acks.qsize()
+
     # -- waiting ---------------------------------------------------------
 
     def _notify(self) -> None:

@@ -8,7 +8,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -26,11 +26,13 @@ from chat_helpers import (
     kind,
     login,
     logout,
+    no_errors_logged,  # noqa: F401 (autouse)
     rpc_error,
     timeout,
     wait_subscribers,
 )
 from cli_helpers import HUB, Proc
+from fake_clock import FakeClock
 from stock_device import TcpRelay
 
 from hub.audio.library import SoundLibrary
@@ -44,25 +46,6 @@ from hub.settings import ChatSettings, Settings
 pytestmark = pytest.mark.asyncio
 
 Code = grpc.StatusCode
-
-
-@pytest.fixture(autouse=True)
-def no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Refusals are answers, not failures: nothing here may log an error."""
-    yield
-    errors = [
-        r
-        for r in caplog.get_records("call")
-        if r.levelno >= logging.ERROR and not grpc_loop_noise(r)
-    ]
-    assert not errors, [r.getMessage() for r in errors]
-
-
-def grpc_loop_noise(record: logging.LogRecord) -> bool:
-    # grpc.aio's one completion queue outlives each test's event loop: a late
-    # completion for an earlier test's (closed) loop is logged on the current
-    # one (grpc/grpc#34139, #36096). Not the hub's doing.
-    return record.name == "asyncio" and "PollerCompletionQueue" in record.getMessage()
 
 
 # The chat needs no sound library: one tiny generated sound keeps each hub's
@@ -452,28 +435,13 @@ async def test_a_token_from_another_hub_is_refused(
 # -- Expiry ----------------------------------------------------------------------
 
 
-class FakeClock:
-    """Time that moves only when told to (wall time starts at the real now)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.epoch = time.time() - self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.epoch + self.now
-
-    async def sleep_until(self, deadline: float) -> None:
-        raise NotImplementedError("nothing in the chat sleeps on the clock")
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+def clock_from_now() -> FakeClock:
+    """Virtual time whose wall time starts at the real now."""
+    return FakeClock(1000.0, wall_offset=time.time() - 1000.0)
 
 
 async def test_expired_token_is_refused(serve_hub: ServeHub, open_channel: OpenChannel) -> None:
-    clock = FakeClock()
+    clock = clock_from_now()
     served = await serve_hub(settings(token_ttl=60.0), clock=clock, **chat_only())
     channel = open_channel(served.address)
     token, alice = await joined(served.hub, channel, "alice")
@@ -676,7 +644,7 @@ async def test_an_oversize_login_is_refused_by_grpc(channel: grpc.aio.Channel) -
 async def test_the_rate_limit_ends_the_flooders_stream_only(
     serve_hub: ServeHub, open_channel: OpenChannel
 ) -> None:
-    clock = FakeClock()  # the bucket refills only when the test says so
+    clock = clock_from_now()  # the bucket refills only when the test says so
     served = await serve_hub(settings(rate_per_second=5, rate_burst=5), clock=clock, **chat_only())
     hub = served.hub
     _, observer = await joined(hub, open_channel(served.address), "observer")
@@ -846,7 +814,7 @@ WRONG = (Code.UNAUTHENTICATED, "password is incorrect")
 async def test_failed_logins_are_throttled_per_peer_address(
     serve_hub: ServeHub, open_channel: OpenChannel, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = FakeClock()  # the budget refills only when the test says so
+    clock = clock_from_now()  # the budget refills only when the test says so
     served = await serve_hub(throttled(), clock=clock, **chat_only())
     guesser = open_channel(served.address)
     for _ in range(3):
@@ -881,7 +849,7 @@ async def test_failed_logins_are_throttled_per_peer_address(
 async def test_successful_logins_are_never_throttled(
     serve_hub: ServeHub, open_channel: OpenChannel
 ) -> None:
-    served = await serve_hub(throttled(burst=3), clock=FakeClock(), **chat_only())
+    served = await serve_hub(throttled(burst=3), clock=clock_from_now(), **chat_only())
     channel = open_channel(served.address)
     for round_ in range(20):
         if round_ % 10 == 0:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -206,6 +209,17 @@ def test_a_server_that_cannot_bind_says_so(procs: Procs, door: str) -> None:
     assert len(server.lines) == 1, server.lines
     line = server.lines[0]
     assert re.fullmatch(rf"{TIME} <<Process>>: server unable to bind on provided host: .+", line)
+
+
+def test_importing_the_command_line_leaves_the_environment_alone() -> None:
+    """GRPC_VERBOSITY is the entry point's to set (hub/__main__.py), which the
+    test above holds to its effect; importing hub.cli sets nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    probe = "import os, hub.cli; print(os.environ.get('GRPC_VERBOSITY'))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout == "None\n"
 
 
 @pytest.mark.parametrize(

@@ -294,23 +294,13 @@ def test_a_half_typed_line_is_reported_when_the_server_shuts_down(procs: Procs) 
 # -- the parts ----------------------------------------------------------------------
 
 
-class SteppingClock(FakeClock):
-    """Time that moves only when the pacer sleeps."""
-
-    sleeps = 0
-
-    async def sleep_until(self, deadline: float) -> None:
-        self.sleeps += 1
-        self.now = max(self.now, deadline)
-
-
 @pytest.mark.asyncio
 async def test_the_pacer_lets_a_burst_go_then_the_rate() -> None:
-    clock = SteppingClock(now=0.0)
+    clock = FakeClock(0.0)  # time moves only when the pacer sleeps
     pacer = Pacer(rate=20, burst=20, clock=clock)
     for _ in range(20):
         await pacer.wait()
-    assert (clock.now, clock.sleeps) == (0.0, 0)
+    assert (clock.now, clock.sleep_calls) == (0.0, 0)
     for _ in range(40):
         await pacer.wait()
     assert clock.now == pytest.approx(2.0)  # 40 more at 20 a second

@@ -115,7 +115,7 @@ def test_the_healthcheck_is_the_hub_probe() -> None:
 def test_the_entry_point_is_the_console_script() -> None:
     assert entrypoint() == ["hub"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["hub"] == "hub.cli:main"
+    assert scripts["hub"] == "hub.__main__:main"
     assert not arguments("CMD"), "arguments come from `docker run IMAGE ...` only"
 
 

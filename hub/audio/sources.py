@@ -113,7 +113,8 @@ class GeneratedSound(Sound):
 
     ``render(first, count)`` returns samples ``first .. first+count-1``; being
     a pure function of the sample index, the sound is identical on every
-    play and costs no storage, however long it is.
+    play and costs no storage, however long it is. It stays at hand as
+    ``render``, for reading any stretch of the sound without playing it all.
     """
 
     def __init__(
@@ -134,7 +135,7 @@ class GeneratedSound(Sound):
         self.total_samples = round(duration * SAMPLE_RATE)
         self.block_frames = block_frames
         self._key = key
-        self._render = render
+        self.render = render
 
     @property
     def key(self) -> str:
@@ -143,7 +144,7 @@ class GeneratedSound(Sound):
     def blocks(self) -> Iterator[Pcm]:
         for first in range(0, self.total_samples, self.block_frames):
             count = min(self.block_frames, self.total_samples - first)
-            block = np.ascontiguousarray(self._render(first, count), dtype=np.float32)
+            block = np.ascontiguousarray(self.render(first, count), dtype=np.float32)
             if block.shape != (count,):
                 raise ValueError(f"render returned shape {block.shape}, expected ({count},)")
             yield block

@@ -1,15 +1,13 @@
-"""Helpers for testing audio: decode as the device does, compare, fake time.
+"""Helpers for testing audio: make tones, decode as the device does, compare.
 
 They live in the package, not under tests/, so the room and front-door tests
 of other layers can check that what a device receives is the sound that was
-chosen, and pace streams without waiting in real time.
+chosen. (The fake clock that paces streams without waiting is the tests' one,
+tests/fake_clock.py.)
 """
 
 from __future__ import annotations
 
-import asyncio
-import heapq
-import itertools
 from collections.abc import Iterable
 
 import numpy as np
@@ -27,10 +25,27 @@ def read_all(sound: Sound) -> Pcm:
     return np.concatenate(list(sound.blocks()))
 
 
-def tone(freq: float, seconds: float, *, rate: int = SAMPLE_RATE, amplitude: float = 0.5) -> Pcm:
-    """A sine of ``freq`` Hz, float32, at ``rate``."""
+def tone(
+    freq: float,
+    seconds: float,
+    *,
+    rate: int = SAMPLE_RATE,
+    amplitude: float = 0.5,
+    fade: float = 0.0,
+    overtone: float = 0.0,
+) -> Pcm:
+    """A sine of ``freq`` Hz, float32, at ``rate``.
+
+    For a tone that stands in for music: ``fade`` seconds of ramp at each end
+    (no clicks) and ``overtone``, the amplitude of a soft second partial.
+    """
     t = np.arange(round(seconds * rate)) / rate
-    out: Pcm = (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    wave = amplitude * np.sin(2 * np.pi * freq * t)
+    if overtone:
+        wave = wave + overtone * np.sin(2 * np.pi * 2.01 * freq * t)
+    if fade:
+        wave = np.minimum(1.0, np.minimum(t, seconds - t) / fade) * wave
+    out: Pcm = wave.astype(np.float32)
     return out
 
 
@@ -83,63 +98,3 @@ def best_correlation(decoded: Pcm, reference: Pcm, *, max_lag: int = 2000) -> fl
     if not valid.any():
         return 0.0
     return float(np.max(xc[valid] / denominator[valid]))
-
-
-class FakeClock:
-    """A ``hub.clock.Clock`` on virtual time, for pacing tests without waiting.
-
-    ``auto_advance=True``: ``sleep_until`` jumps virtual time to the deadline
-    (then yields to the loop once, so cancellation and other tasks still get
-    their turn). ``auto_advance=False``: sleepers wait until the test moves
-    time on with ``advance`` or ``set``.
-    """
-
-    def __init__(
-        self,
-        start: float = 0.0,
-        *,
-        auto_advance: bool = True,
-        wall_offset: float = 1_700_000_000.0,
-    ) -> None:
-        self.auto_advance = auto_advance
-        self.sleep_calls = 0
-        self._now = start
-        self._wall_offset = wall_offset
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
-
-    def monotonic(self) -> float:
-        return self._now
-
-    def wall(self) -> float:
-        return self._wall_offset + self._now
-
-    async def sleep_until(self, deadline: float) -> None:
-        self.sleep_calls += 1
-        if self.auto_advance or deadline <= self._now:
-            self._now = max(self._now, deadline)
-            await asyncio.sleep(0)
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (deadline, next(self._order), waiter))
-        await waiter
-
-    @property
-    def sleepers(self) -> int:
-        """How many tasks are waiting for virtual time to move on."""
-        return sum(1 for _, _, waiter in self._sleepers if not waiter.done())
-
-    def advance(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("time does not go backwards")
-        self.set(self._now + seconds)
-
-    def set(self, now: float) -> None:
-        """Move virtual time to ``now`` and wake every sleeper now due."""
-        if now < self._now:
-            raise ValueError("time does not go backwards")
-        self._now = now
-        while self._sleepers and self._sleepers[0][0] <= now:
-            _, _, waiter = heapq.heappop(self._sleepers)
-            if not waiter.done():
-                waiter.set_result(None)

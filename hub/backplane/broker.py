@@ -114,6 +114,7 @@ class RedisBroker:
         self._changed = asyncio.Event()
         self._reader_id: int | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def start(self, handler: PublicationHandler) -> None:
         self._handler = handler
@@ -180,9 +181,17 @@ class RedisBroker:
 
     async def close(self) -> None:
         self._handler = None
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._closing = True
+        task = self._task
+        if task is not None:
+            # Cancelled in the middle of XREAD, redis-py can lose the
+            # cancellation while the reply is on its way, and the loop reads
+            # on (a hub hung at SIGTERM, about one stop in ten): the flag ends
+            # the loop at its next turn, within one block, and each wait here
+            # cancels again in case it sits somewhere else.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=self._settings.block)
         self._cursors.clear()
 
     # -- the read loop -------------------------------------------------------
@@ -192,7 +201,7 @@ class RedisBroker:
         down_since: float | None = None
         loop = asyncio.get_running_loop()
         block_ms = max(1, round(self._settings.block * 1000))
-        while True:
+        while not self._closing:
             try:
                 if self._reader_id is None:
                     self._reader_id = int(await self._reader.client_id())

@@ -27,8 +27,10 @@ the frame's bytes a single time and ``conn.send(prepared)`` only checks the
 state and returns those same bytes, for each of a thousand listeners.
 
 The rules that change a connection's state are all in one table,
-``_RULES`` (section "State machine"), read by :meth:`Connection._check` and
-applied by :meth:`Connection._commit`; nothing else moves the state.
+``_RULES`` (section "State machine"): one for each frame and one for each way
+a connection ends without one (EOF, a violation). :meth:`Connection._check`
+reads it and :meth:`Connection._commit` applies it; nothing else moves the
+state.
 """
 
 from __future__ import annotations
@@ -953,13 +955,16 @@ def fit_text(text: str, max_bytes: int) -> str:
 
 # ---------------------------------------------------------------------------
 # State machine. Everything that moves a connection's state is in this table
-# and in Connection._check/_commit just below it, which read it.
+# and in Connection._check/_commit/_end just below it, which read it.
 #
 # Each part of the state is moved by one side's frames only: the phase by
 # HELLO (client), WELCOME (server) and fatal ERRORs; the downlink stream by the
 # server's STREAM_START/STREAM_END; the uplink publication by the client's
 # PUBLISH_START/PUBLISH_END. So both ends of a TCP connection, seeing the same
-# frames in the same order, always agree. Outcomes that depend on the other
+# frames in the same order, always agree. The endings (EOF, a violation) are
+# seen by the receiving end alone, and end it: after EOF there is no peer to
+# agree with, and a violation is answered with a fatal ERROR, which closes the
+# peer's end too. Outcomes that depend on the other
 # side (a PLAY of a missing track, a refused JOIN) are the application's
 # business, answered with events; they are not codec state.
 # ---------------------------------------------------------------------------
@@ -968,6 +973,14 @@ def fit_text(text: str, max_bytes: int) -> str:
 class _Slot(enum.IntEnum):
     DOWNLINK = 0  # the stream the server sends (STREAM_START..END)
     UPLINK = 1  # the publication the client sends (PUBLISH_START..END)
+
+
+class _Ending(enum.Enum):
+    """How the peer ends a connection without a frame: the table's key for
+    what is not a frame type."""
+
+    EOF = "eof"  # it closed its side between frames
+    VIOLATION = "violation"  # it broke the protocol (a bad frame, EOF inside one)
 
 
 class _Op(enum.Enum):
@@ -994,11 +1007,21 @@ _READY = (State.READY,)
 _C, _S = Role.CLIENT, Role.SERVER
 _T = FrameType
 _DOWN, _UP = _Slot.DOWNLINK, _Slot.UPLINK
+_EOF, _VIOLATION = _Ending.EOF, _Ending.VIOLATION
+#: What a rule is for: a frame of that type, or an ending.
+_Trigger = FrameType | _Ending
 
-#: (sender, frame type, is a fatal ERROR) -> rule. A key that is missing means
-#: that side never sends that frame (for the receiver: bad_frame).
-_RULES: Final[Mapping[tuple[Role, FrameType, bool], _Rule]] = MappingProxyType(
+#: (sender, frame type or ending, is a fatal ERROR) -> rule. A key that is
+#: missing means that side never sends that frame (for the receiver: bad_frame).
+_RULES: Final[Mapping[tuple[Role, _Trigger, bool], _Rule]] = MappingProxyType(
     {
+        # Ends without a frame, the peer's doing, from any open phase: EOF
+        # between frames closes; a violation leaves ERROR (the receiver then
+        # sends error_frame() and closes). The buffer goes with either.
+        (_C, _EOF, False): _Rule(_ANY_OPEN, State.CLOSED),
+        (_S, _EOF, False): _Rule(_ANY_OPEN, State.CLOSED),
+        (_C, _VIOLATION, False): _Rule(_ANY_OPEN, State.ERROR),
+        (_S, _VIOLATION, False): _Rule(_ANY_OPEN, State.ERROR),
         # Handshake: HELLO, then WELCOME or a fatal ERROR; nothing else before.
         (_C, _T.HELLO, False): _Rule((State.AWAITING_HELLO,), State.AWAITING_WELCOME),
         (_S, _T.WELCOME, False): _Rule((State.AWAITING_WELCOME,), State.READY),
@@ -1033,7 +1056,7 @@ _RULES: Final[Mapping[tuple[Role, FrameType, bool], _Rule]] = MappingProxyType(
 
 #: The table split by sender, keyed by (type, fatal): what a connection reads
 #: per frame (its own rules to send, its peer's to receive).
-_RULES_OF: Final[Mapping[Role, Mapping[tuple[FrameType, bool], _Rule]]] = MappingProxyType(
+_RULES_OF: Final[Mapping[Role, Mapping[tuple[_Trigger, bool], _Rule]]] = MappingProxyType(
     {
         role: MappingProxyType({(t, f): rule for (r, t, f), rule in _RULES.items() if r is role})
         for role in Role
@@ -1042,7 +1065,7 @@ _RULES_OF: Final[Mapping[Role, Mapping[tuple[FrameType, bool], _Rule]]] = Mappin
 
 #: Frame types each role may send, derived from the table.
 _SENDS: Final[Mapping[Role, frozenset[FrameType]]] = MappingProxyType(
-    {role: frozenset(t for (t, _) in _RULES_OF[role]) for role in Role}
+    {role: frozenset(t for (t, _) in _RULES_OF[role] if isinstance(t, FrameType)) for role in Role}
 )
 
 _FINISHED: Final = (State.CLOSED, State.ERROR)
@@ -1167,8 +1190,9 @@ class Connection:
                 )
         return rule
 
-    def _commit(self, sender: Role, rule: _Rule, message: Message) -> None:
-        """Apply ``message``, which ``_check`` found legal under ``rule``."""
+    def _commit(self, sender: Role, rule: _Rule, message: Message | None) -> None:
+        """Apply ``message``, which ``_check`` found legal under ``rule``
+        (None: an ending, see :meth:`_end`)."""
         if rule.then is not None:
             self._state = rule.then
             if rule.then in _FINISHED:
@@ -1328,14 +1352,20 @@ class Connection:
                 )
             )
             return
-        self._state = State.CLOSED
+        self._end(_EOF)
         self._events.append(ConnectionClosed())
 
     def _fail(self, error: RemoteProtocolError) -> None:
         self.error = error
-        self._state = State.ERROR
-        self._buffer.clear()
+        self._end(_VIOLATION)
         self._events.append(ProtocolViolation(error.code, error.message))
+
+    def _end(self, ending: _Ending) -> None:
+        """Apply the table's rule for the peer's ``ending``. Its phases are
+        the open ones, the only ones in which receive_data reads anything."""
+        rule = self._peer_rules[(ending, False)]
+        if self._state in rule.phases:
+            self._commit(self._peer, rule, None)
 
     # -- events -------------------------------------------------------------
 

@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import pytest
+from fake_clock import FakeClock
 
 from hub.audio.cache import PacketCache
 from hub.audio.library import SoundLibrary
 from hub.audio.opus import OpusSettings
 from hub.audio.pacer import pace
-from hub.audio.testing import FakeClock, best_correlation, decode_packets, read_all, tone
+from hub.audio.testing import best_correlation, decode_packets, read_all, tone
 
 FRAME = 0.02
 LEAD = 0.06
@@ -41,7 +42,7 @@ async def release_times(
 
 @pytest.mark.asyncio
 async def test_releases_each_packet_at_its_time() -> None:
-    clock = FakeClock(start=100.0)
+    clock = FakeClock(100.0)
     times = await release_times(packets(50), clock)
     assert len(times) == 50
     for n, t in enumerate(times):
@@ -52,7 +53,7 @@ async def test_releases_each_packet_at_its_time() -> None:
 
 @pytest.mark.asyncio
 async def test_no_drift_over_10000_packets() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     times = await release_times(packets(10_000), clock, lead=0.0)
     assert times[-1] == pytest.approx(9_999 * FRAME, abs=1e-9)
     assert max(abs(t - n * FRAME) for n, t in enumerate(times)) < 1e-9
@@ -61,7 +62,7 @@ async def test_no_drift_over_10000_packets() -> None:
 
 @pytest.mark.asyncio
 async def test_a_slow_consumer_does_not_push_the_schedule_back() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     times: list[float] = []
     async with aclosing(pace(packets(1_000), FRAME, clock, lead=LEAD)) as paced:
         async for index, _ in paced:
@@ -72,7 +73,7 @@ async def test_a_slow_consumer_does_not_push_the_schedule_back() -> None:
 
 @pytest.mark.asyncio
 async def test_stops_at_once_when_cancelled() -> None:
-    clock = FakeClock(auto_advance=False)
+    clock = FakeClock(0.0, auto_advance=False)
     closed = asyncio.Event()
     received: list[int] = []
 
@@ -106,7 +107,7 @@ async def test_stops_at_once_when_cancelled() -> None:
 @pytest.mark.asyncio
 async def test_closing_the_pacer_closes_the_source(library: SoundLibrary) -> None:
     entry = PacketCache().get(library[0], OpusSettings())
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     reader = entry.reader()
     async with aclosing(pace(reader, FRAME, clock)) as paced:
         async for index, _ in paced:
@@ -118,7 +119,7 @@ async def test_closing_the_pacer_closes_the_source(library: SoundLibrary) -> Non
 
 @pytest.mark.asyncio
 async def test_restarts_schedule_after_a_long_stall() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     times: list[float] = []
     async with aclosing(pace(packets(20), FRAME, clock, lead=0.0)) as paced:
         async for index, _ in paced:
@@ -133,7 +134,7 @@ async def test_restarts_schedule_after_a_long_stall() -> None:
 
 @pytest.mark.asyncio
 async def test_without_max_late_it_catches_up() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     times: list[float] = []
     async with aclosing(pace(packets(20), FRAME, clock, lead=0.0, max_late=None)) as paced:
         async for index, _ in paced:
@@ -146,9 +147,9 @@ async def test_without_max_late_it_catches_up() -> None:
 @pytest.mark.asyncio
 async def test_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError):
-        await anext(pace([], 0.0, FakeClock()))
+        await anext(pace([], 0.0, FakeClock(0.0)))
     with pytest.raises(ValueError):
-        await anext(pace([], FRAME, FakeClock(), lead=-1.0))
+        await anext(pace([], FRAME, FakeClock(0.0), lead=-1.0))
 
 
 @pytest.mark.asyncio
@@ -156,7 +157,7 @@ async def test_cache_to_pacer_to_decoder(library: SoundLibrary) -> None:
     # The whole path: sound -> cache -> pacer -> what a device decodes.
     settings = OpusSettings(frame_ms=10)
     entry = PacketCache().get(library[1], settings)
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     got: list[bytes] = []
     async with aclosing(pace(entry.reader(), settings.frame_seconds, clock)) as paced:
         async for _, packet in paced:
@@ -168,7 +169,7 @@ async def test_cache_to_pacer_to_decoder(library: SoundLibrary) -> None:
 
 @pytest.mark.asyncio
 async def test_fake_clock_wakes_sleepers_in_order() -> None:
-    clock = FakeClock(auto_advance=False)
+    clock = FakeClock(0.0, auto_advance=False)
     woke: list[str] = []
 
     async def sleeper(name: str, deadline: float) -> None:
@@ -199,7 +200,7 @@ def test_best_correlation_finds_the_opus_delay() -> None:
 
 @pytest.mark.asyncio
 async def test_reports_how_late_each_packet_was_released() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     lateness: list[float] = []
     async with aclosing(
         pace(packets(10), FRAME, clock, lead=0.0, on_release=lateness.append)

@@ -109,7 +109,7 @@ def test_long_sound_is_long_audible_and_deterministic() -> None:
     assert sound.duration == 20 * 60
     assert long_sound().key == sound.key
     assert long_sound(12).key != sound.key
-    render = sound._render
+    render = sound.render
     for at_seconds in (0.0, 301.7, 600.0, 1199.0):
         first = round(at_seconds * SAMPLE_RATE)
         block = render(first, SAMPLE_RATE)

@@ -13,8 +13,7 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile as sf
-from chat_helpers import SECRET, run_hub
+from chat_helpers import SECRET, no_errors_logged, run_hub, settings_param  # noqa: F401
 from device_helpers import DeviceHub, NewDevice, StartHub, device_hub_settings
 from stock_device import StockDevice
 
@@ -67,19 +66,7 @@ def device_library(sound_files: list[Path]) -> SoundLibrary:
 
 @pytest.fixture
 def device_settings(request: pytest.FixtureRequest) -> Settings:
-    param = getattr(request, "param", None)
-    if param is not None:
-        assert isinstance(param, Settings)
-        return param
-    return device_hub_settings()
-
-
-@pytest.fixture(autouse=True)
-def no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Nothing a device does, right or wrong, may make the hub log an error."""
-    yield
-    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
-    assert not errors, [r.getMessage() for r in errors]
+    return settings_param(request, device_hub_settings)
 
 
 @pytest_asyncio.fixture

@@ -8,16 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from chat_helpers import PASSWORD, eventually
+from chat_helpers import PASSWORD, ServedHub, eventually
 from stock_device import Played, StockDevice, wait_all
 
 from hub.audio.sources import Pcm
 from hub.audio.testing import best_correlation, read_all
 from hub.core import leds
-from hub.core.hub import Hub
 from hub.core.rooms import Room, audio_channel, status_channel
 from hub.core.roomstate import RoomState
-from hub.rpc.server import GrpcServer
 from hub.settings import ChatSettings, DeviceSettings, Settings
 
 IDLE = RoomState.IDLE
@@ -37,12 +35,9 @@ def device_hub_settings(**devices: Any) -> Settings:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceHub:
-    """A running hub and the gRPC server in front of it."""
-
-    hub: Hub
-    address: str
-    server: GrpcServer
+class DeviceHub(ServedHub):
+    """A served hub (``chat_helpers.ServedHub``), and what the device tests
+    ask of its rooms."""
 
     def room(self, room_id: str) -> Room:
         assert room_id in self.hub.rooms, f"no room {room_id}"

@@ -253,6 +253,6 @@ async def test_two_answers_to_one_event_are_caught(fake: tuple[Script, StockDevi
     script.acks_per_event = 2
     await device.connect()
     assert await device.press(MODE) is True
-    await device.wait_for(lambda: device._acks.qsize() == 1)
+    await device.wait_for(lambda: device.unclaimed_acks == 1)
     assert await device.press(MODE) is True
     assert device.traps == ["a DeviceEventResponse came before its event"]

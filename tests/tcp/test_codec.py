@@ -3,6 +3,7 @@ parser's promises (any split, bounded buffer, no stray exceptions)."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hub.tcp import codec
 from hub.tcp.codec import (
     DEFAULT_MAX_FRAME_SIZE,
     HEADER_SIZE,
@@ -450,6 +452,26 @@ def test_eof_inside_a_frame_is_a_violation() -> None:
     event = violation(conn, b"")
     assert event.code is ErrorCode.BAD_FRAME
     assert "inside a frame" in event.text
+
+
+def test_only_the_table_moves_the_state() -> None:
+    """The codec's rule, held: every change of a connection's state, EOF and
+    violations included, is applied from the table by ``_commit``; no other
+    method assigns the state (``__init__`` sets where it starts)."""
+    tree = ast.parse(Path(codec.__file__).read_text(encoding="utf-8"))
+    (connection,) = (
+        node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Connection"
+    )
+    assigning = {
+        method.name
+        for method in connection.body
+        if isinstance(method, ast.FunctionDef)
+        for node in ast.walk(method)
+        if isinstance(node, ast.Attribute | ast.Name)
+        and isinstance(node.ctx, ast.Store)
+        and getattr(node, "attr", getattr(node, "id", None)) == "_state"
+    }
+    assert assigning == {"__init__", "_commit"}
 
 
 def test_frames_before_a_violation_are_still_delivered() -> None:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 from chat_helpers import eventually
+from fake_clock import FakeClock
 from tcp_helpers import BRAVO, Connect, Serve, connection_of, list_tracks, write_tone
 
 from hub.audio.opus import OpusSettings
 from hub.audio.sources import SAMPLE_RATE
-from hub.audio.testing import FakeClock
 from hub.settings import DeviceSettings, StreamSettings
 from hub.tcp.codec import (
     Audio,
@@ -114,7 +114,7 @@ async def test_the_request_rate_is_20_a_second_with_bursts_of_40(
     """Section 7's numbers, on the server's defaults and a clock that stands
     still: 40 requests at once, then one per 50 ms; PING is not counted, and
     a refused request changes nothing."""
-    clock = FakeClock(auto_advance=False)
+    clock = FakeClock(0.0, auto_advance=False)
     served = await serve(clock=clock)
     client = await connect(served.address)
 

@@ -33,8 +33,8 @@ from tcp_helpers import (
     Served,
     connection_of,
     list_tracks,
+    music_tone,
     noise_sound,
-    tone,
     write_tone,
 )
 from waiting import scaled
@@ -795,7 +795,7 @@ async def test_publish_into_a_room(serve: Serve, connect: Connect, new_device: N
     listener.send(Join("R"))
     await listener.next(Joined)
     publisher = await connect(served.address, name="publisher")
-    sound = tone(500.0, 1.0)
+    sound = music_tone(500.0, 1.0)
     packets = list(encode_blocks([sound], OpusSettings()))
 
     publisher.send(PublishStart(7, "R", "mic"))

@@ -98,3 +98,19 @@ def best_correlation(decoded: Pcm, reference: Pcm, *, max_lag: int = 2000) -> fl
     if not valid.any():
         return 0.0
     return float(np.max(xc[valid] / denominator[valid]))
+
+
+def well_formed(marks: Iterable[tuple[bool, bool]]) -> bool:
+    """Whether packets' (is_start, is_end) marks are what the stock device survives:
+    never an end without its start, never a start inside an open stream."""
+    open_ = False
+    for start, end in marks:
+        if start:
+            if open_:
+                return False
+            open_ = True
+        if end:
+            if not open_:
+                return False
+            open_ = False
+    return True

@@ -27,28 +27,13 @@ from hub.core import leds
 from hub.core.roomstate import RoomState
 from hub.proto import chat_pb2, chat_pb2_grpc
 from hub.rpc.chat import TOKEN_HEADER
-from hub.tcp.codec import (
-    Audio,
-    Join,
-    Joined,
-    Leave,
-    Left,
-    ListResult,
-    ListTracks,
-    Play,
-    PublishEnd,
-    PublishStart,
-    Stop,
-    StreamEnd,
-    StreamEndReason,
-    StreamStart,
-)
+from hub.tcp import codec as proto
 
 pytestmark = pytest.mark.asyncio
 
 ROOM = "kitchen"
 IDLE, PLAYING = RoomState.IDLE, RoomState.PLAYING
-# The bundled sounds, by mode: what a stream's StreamStart is titled.
+# The bundled sounds, by mode: what a stream's STREAM_START is titled.
 TITLES = ["chord", "arpeggio", "bells", "rain", "melody"]
 DRIVES = rf".*room {ROOM}: this hub drives it.*"
 
@@ -71,8 +56,8 @@ class Opened:
         client = await RawClient.connect(hub.stream_address, name=name)
         self.clients.append(client)
         await client.hello()
-        client.send(Join(ROOM))
-        await client.next(Joined)
+        client.send(proto.Join(ROOM))
+        await client.next(proto.Joined)
         return client
 
 
@@ -136,18 +121,18 @@ async def test_devices_on_two_hubs_are_one_room_with_one_sound(
     print(f"\nPlay pressed at one hub, the first packet at a device on the other: {reach:.1f} ms")
     assert played_a.data == played_b.data and len(played_a.data) > 50
     assert best_correlation(played_a.pcm, played_b.pcm) > 0.99
-    start = await listener.skip_to(StreamStart, 5)
+    start = await listener.skip_to(proto.StreamStart, 5)
     assert start.title == TITLES[1]
-    end = await listener.skip_to(StreamEnd, 5)
-    assert (end.stream_id, end.reason) == (start.stream_id, StreamEndReason.STOPPED)
+    end = await listener.skip_to(proto.StreamEnd, 5)
+    assert (end.stream_id, end.reason) == (start.stream_id, proto.StreamEndReason.STOPPED)
     assert [p.packet for p in listener.audio(start.stream_id)] == played_b.data[:-1]
     for device in (on_a, on_b):
         device.check()
     listener.check()
 
     # A room is empty only when it is empty at every hub.
-    listener.send(Leave())
-    await listener.next(Left, 5)
+    listener.send(proto.Leave())
+    await listener.next(proto.Left, 5)
     assert await on_b.play() is True
     await on_a.wait_for(lambda: len(on_a.packets) > len(played_a.packets) + 10, 5)
     await on_a.disconnect()
@@ -170,19 +155,19 @@ async def test_a_sound_goes_on_at_another_hub_when_its_driver_is_killed(
         assert await on_b.mode() is True
     await wait_all([doomed, on_b], shows(IDLE, 2), 5, "mode 3 at both hubs")
     assert await on_b.play() is True
-    first = await listener.skip_to(StreamStart, 5)
+    first = await listener.skip_to(proto.StreamStart, 5)
     assert first.title == TITLES[2]
     await listener.wait_for(lambda: len(listener.audio(first.stream_id)) >= 25, 5)
 
     a.proc.signal(signal.SIGKILL)
     b.proc.expect(DRIVES, seconds=timeout())
     # The listener's stream stays well formed: the old stream's end, a new start.
-    end = await listener.skip_to(StreamEnd, 5)
+    end = await listener.skip_to(proto.StreamEnd, 5)
     assert end.stream_id == first.stream_id
-    second = await listener.next(StreamStart, 5)
+    second = await listener.next(proto.StreamStart, 5)
     assert second.stream_id != first.stream_id
     assert second.title == TITLES[2]  # the room kept its mode
-    resumed = await listener.next(Audio, 5)
+    resumed = await listener.next(proto.Audio, 5)
     assert resumed.stream_id == second.stream_id and resumed.seq == 0
     times = {id(r.event): r.time for r in listener.received}
     last_before = listener.audio(first.stream_id)[-1]
@@ -199,8 +184,8 @@ async def test_a_sound_goes_on_at_another_hub_when_its_driver_is_killed(
     assert await on_b.stop() is True
     await on_b.wait_for(lambda: len(on_b.streams) == 2, 5, "the second stream's end")
     assert all(s.packets[0].is_start and s.packets[-1].is_end for s in on_b.streams)
-    end = await listener.skip_to(StreamEnd, 5)
-    assert (end.stream_id, end.reason) == (second.stream_id, StreamEndReason.STOPPED)
+    end = await listener.skip_to(proto.StreamEnd, 5)
+    assert (end.stream_id, end.reason) == (second.stream_id, proto.StreamEndReason.STOPPED)
     on_b.check()
     listener.check()
     opened.devices.remove(doomed)  # its hub is gone: nothing to hang up
@@ -217,14 +202,14 @@ async def test_a_tcp_publisher_at_one_hub_is_heard_at_another(
     await publisher.hello()
     sound = tone(440.0, 1.0)
     packets = list(encode_blocks([sound], OpusSettings()))
-    publisher.send(PublishStart(7, ROOM, "mic"))
+    publisher.send(proto.PublishStart(7, ROOM, "mic"))
     await publish_paced(publisher, 7, packets)
-    publisher.send(PublishEnd(7))
+    publisher.send(proto.PublishEnd(7))
 
-    start = await listener.skip_to(StreamStart, 5)
+    start = await listener.skip_to(proto.StreamStart, 5)
     assert (start.track_id, start.title) == (None, "mic")
-    end = await listener.skip_to(StreamEnd, 5)
-    assert (end.stream_id, end.reason) == (start.stream_id, StreamEndReason.FINISHED)
+    end = await listener.skip_to(proto.StreamEnd, 5)
+    assert (end.stream_id, end.reason) == (start.stream_id, proto.StreamEndReason.FINISHED)
     heard = [a.packet for a in listener.audio(start.stream_id)]
     assert heard == packets
     assert best_correlation(decode_packets(heard), sound) > 0.9
@@ -240,12 +225,12 @@ async def test_a_tcp_publisher_at_one_hub_is_heard_at_another(
     await music[1].hello()
     starts = []
     for client in music:
-        client.send(ListTracks())
-        tracks = (await client.skip_to(ListResult)).tracks
-        client.send(Play(tracks[0].track_id))
-        starts.append(await client.skip_to(StreamStart))
+        client.send(proto.ListTracks())
+        tracks = (await client.skip_to(proto.ListResult)).tracks
+        client.send(proto.Play(tracks[0].track_id))
+        starts.append(await client.skip_to(proto.StreamStart))
         await client.wait_for(lambda c=client: len(c.audio(starts[-1].stream_id)) >= 5)
-        client.send(Stop())
+        client.send(proto.Stop())
         client.check()
     assert len({music_start.stream_id for music_start in starts} | {start.stream_id}) == 3
 

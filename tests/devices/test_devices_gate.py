@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hub.audio.opus import OpusSettings, silence_packet
+from hub.audio.testing import well_formed
 from hub.core.events import AudioFrame
 from hub.core.publication import Publication
 from hub.core.rooms import Admit, AudioGate
@@ -84,20 +85,6 @@ def drain(queue: DeviceAudio) -> list[tuple[bool, bool]]:
         assert message.data == DATA
         out.append((message.is_start, message.is_end))
     return out
-
-
-def well_formed(flags: list[tuple[bool, bool]]) -> bool:
-    open_ = False
-    for start, end in flags:
-        if start:
-            if open_:
-                return False
-            open_ = True
-        if end:
-            if not open_:
-                return False
-            open_ = False
-    return True
 
 
 def test_device_audio_skips_ahead_over_plain_packets() -> None:

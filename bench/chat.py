@@ -697,7 +697,7 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
 # -- running one scenario --------------------------------------------------
 
 
-def _probe_until_ready(address: str, workers: list[Worker], timeout: float) -> None:
+def probe_until_ready(address: str, workers: list[Worker], timeout: float) -> None:
     """Log in probe users until every stream has seen one: all streams are open."""
     import grpc
 
@@ -808,7 +808,7 @@ def _open_streams(rig: _Rig, server: Server, args: argparse.Namespace) -> None:
     expect(rig.workers, "logged_in", args.setup_timeout)
     for w in rig.workers:
         w.conn.send(("open",))
-    _probe_until_ready(server.address, rig.workers, args.setup_timeout)
+    probe_until_ready(server.address, rig.workers, args.setup_timeout)
 
 
 def _start_publishing(rig: _Rig, sc: Scenario, args: argparse.Namespace) -> int:

@@ -164,7 +164,7 @@ def chat_across(sc: chat.Scenario, args: argparse.Namespace, log_dir: Path) -> d
             w.conn.send(("open",))
         # Probe logins on hub A reach hub B's streams through Redis: once every
         # stream has seen one, every stream on both hubs is subscribed.
-        chat._probe_until_ready(hubs[0].address, workers, args.setup_timeout)
+        chat.probe_until_ready(hubs[0].address, workers, args.setup_timeout)
         time.sleep(0.2)  # let the probes' fan-out settle
         warm_ns = time.monotonic_ns() + 100_000_000
         start_ns = warm_ns + int(args.warmup * 1e9)

@@ -191,6 +191,40 @@ async def test_a_sound_goes_on_at_another_hub_when_its_driver_is_killed(
     opened.devices.remove(doomed)  # its hub is gone: nothing to hang up
 
 
+async def test_a_hub_stopped_with_sigterm_hands_its_room_over_at_once(
+    cluster: Cluster, opened: Opened
+) -> None:
+    a, b = cluster.hub("--log-level", "info"), cluster.hub("--log-level", "info")
+    leaving = await opened.device(a)  # a opens the room first: a drives it
+    a.proc.expect(DRIVES, seconds=timeout())
+    on_b = await opened.device(b)
+    listener = await opened.listener(b)
+    assert await on_b.mode() is True
+    await wait_all([leaving, on_b], shows(IDLE, 1), 5, "mode 2 at both hubs")
+    assert await on_b.play() is True
+    first = await listener.skip_to(proto.StreamStart, 5)
+    await listener.wait_for(lambda: len(listener.audio(first.stream_id)) >= 10, 5)
+
+    a.proc.signal(signal.SIGTERM)
+    # The lease is given up, not left to lapse: b drives from here on, the
+    # room keeps its mode, and the listener's stream stays well formed.
+    b.proc.expect(DRIVES, seconds=timeout())
+    end = await listener.skip_to(proto.StreamEnd, 5)
+    assert end.stream_id == first.stream_id
+    second = await listener.next(proto.StreamStart, 5)
+    assert second.title == TITLES[1]
+    resumed = await listener.next(proto.Audio, 5)
+    times = {id(r.event): r.time for r in listener.received}
+    gap = times[id(resumed)] - times[id(listener.audio(first.stream_id)[-1])]
+    print(f"\naudio gap on the other hub, driver stopped by SIGTERM: {gap * 1000:.0f} ms")
+    assert gap < timeout(2.0) + 0.5  # a sanity bound; the note gives the figure
+    await on_b.wait_for(lambda: on_b.shows(leds.frame(PLAYING, 1)), 5)
+    on_b.check()
+    listener.check()
+    assert a.proc.wait(5) == 0  # (a blocking wait: after the figures are taken)
+    opened.devices.remove(leaving)  # its hub is gone: nothing to hang up
+
+
 async def test_a_tcp_publisher_at_one_hub_is_heard_at_another(
     cluster: Cluster, opened: Opened
 ) -> None:

@@ -103,6 +103,13 @@ def test_kubernetes_manifests_are_valid(path: Path) -> None:
         kubernetes_validate.validate(doc, "1.37.0", strict=True)
 
 
+def test_kubernetes_adds_no_hub_variables_of_its_own() -> None:
+    # Service links would give every pod HUB_SERVICE_HOST, HUB_PORT... (the
+    # Service is named hub), which the hub refuses as unknown options.
+    pod = k8s_objects()["Deployment", "hub"]["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False
+
+
 def hub_container() -> dict[str, Any]:
     deployment = k8s_objects()["Deployment", "hub"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]

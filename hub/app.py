@@ -13,6 +13,7 @@ from hub.audio.library import SoundLibrary
 from hub.audio.music import MusicFolder
 from hub.core.hub import Hub
 from hub.core.tokens import SECRET_ENV, SECRET_FILE_ENV
+from hub.errors import Unavailable
 from hub.metrics import Metrics, MetricsServer, PrometheusMetrics
 from hub.rpc.server import BindError, GrpcServer
 from hub.settings import Settings
@@ -157,7 +158,23 @@ class App:
         on_started: Callable[[list[str]], Awaitable[None]] | None,
         on_stopping: Callable[[], None] | None,
     ) -> None:
-        await self.hub.start()
+        try:
+            bound = await self._open_doors()
+            await self._serve_until_stopped(bound, on_started, on_stopping)
+        finally:
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
+            await self.hub.close()
+            # Sounds encoded part of the way hold a file and a resampler each;
+            # at exit those would be reported as leaked (see PacketCache.close).
+            await self.hub.rooms.cache.close()
+
+    async def _open_doors(self) -> list[str]:
+        """Start the core, then bind every door; the addresses bound, as ``run`` says."""
+        try:
+            await self.hub.start()
+        except Unavailable as error:  # the backplane went away since it answered
+            raise StartError(error.message) from None
         bound = await self.grpc.start() if self.grpc else []
         try:
             if self.stream is not None and self.addresses.stream is not None:
@@ -172,6 +189,14 @@ class App:
             raise
         if self.grpc is not None:
             await self.grpc.health.ready()
+        return bound
+
+    async def _serve_until_stopped(
+        self,
+        bound: list[str],
+        on_started: Callable[[list[str]], Awaitable[None]] | None,
+        on_stopping: Callable[[], None] | None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._stop.set)
@@ -193,12 +218,6 @@ class App:
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
-            if self.metrics_server is not None:
-                await self.metrics_server.close()
-            await self.hub.close()
-            # Sounds encoded part of the way hold a file and a resampler each;
-            # at exit those would be reported as leaked (see PacketCache.close).
-            await self.hub.rooms.cache.close()
 
     @staticmethod
     async def _bind(start: Callable[[str], Awaitable[str]], address: str) -> str:

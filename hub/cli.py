@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import sys
+import urllib.parse
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hub import logs, workers
@@ -52,13 +55,21 @@ def run_on(loop: str, main: Coroutine[Any, Any, T]) -> T:
 
 
 def configure_logging(config: Config) -> None:
-    """Log records per ``--log-format``/``--log-level``, with the password and
-    the token secret masked should any record ever hold them."""
-    logs.configure(
-        config.log_level,
-        config.log_format,
-        secrets=(config.password, config.token_secret),
-    )
+    """Log records per ``--log-format``/``--log-level``, with every secret
+    masked should any record ever hold it."""
+    logs.configure(config.log_level, config.log_format, secrets=secrets_of(config))
+
+
+def secrets_of(config: Config) -> tuple[str, ...]:
+    """Every secret the configuration holds or names: what logs must never show."""
+    found = [config.password, config.token_secret]
+    if config.token_secret_file:
+        # Unreadable here, it is refused with its own line when the hub loads it.
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            found.append(Path(config.token_secret_file).read_text().strip())
+    if config.redis:
+        found.append(urllib.parse.urlsplit(config.redis).password or "")
+    return tuple(found)
 
 
 def tune_gc() -> None:

@@ -19,6 +19,7 @@ from hub.core.hub import Hub
 from hub.core.observer import Observer, Unobserved
 from hub.core.publication import Publication
 from hub.core.ratelimit import TokenBucket
+from hub.core.roomstore import STREAM_ID_LIMIT, MemoryRoomStore
 from hub.core.subscription import Overflow, Subscription
 from hub.core.tokens import TokenIssuer, load_secret
 from hub.errors import (
@@ -537,3 +538,10 @@ def test_the_log_says_where_the_secret_comes_from_never_what_it_is(
     assert "random per-process secret" in random_notice.getMessage()
     assert "HUB_TOKEN_SECRET" in configured.getMessage()
     assert "swordfish" not in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_stream_ids_go_round_within_u32_and_never_are_0() -> None:
+    store = MemoryRoomStore(first_stream_id=STREAM_ID_LIMIT - 2)
+    ids = [await store.new_stream_id() for _ in range(3)]
+    assert ids == [STREAM_ID_LIMIT - 2, STREAM_ID_LIMIT - 1, 1]

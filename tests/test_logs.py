@@ -16,10 +16,13 @@ import json
 import logging
 import re
 import signal
+from pathlib import Path
 
 import grpc
 from cli_helpers import PASSWORD, SECRET, STARTING, TIME, Proc, Procs, hub_env, server_args, timeout
 
+from hub.cli import secrets_of
+from hub.config import load
 from hub.logs import MASK, JsonFormatter, TextFormatter, log_context
 from hub.proto import chat_pb2, chat_pb2_grpc, comms_pb2, comms_pb2_grpc
 from hub.tcp.codec import PROTOCOL_VERSION, Connection, Hello, Role, Welcome
@@ -191,3 +194,22 @@ def test_context_fills_fields_the_record_was_not_given() -> None:
     assert json.loads(JsonFormatter().format(given))["session"] == "ffff0000"
     assert "session" not in json.loads(JsonFormatter().format(outside))
     assert TextFormatter().format(made).endswith("hello [session=abcd1234 peer=ipv4:1.2.3.4:5]")
+
+
+def test_every_secret_the_configuration_names_is_masked(tmp_path: Path) -> None:
+    secret_file = tmp_path / "token-secret"
+    secret_file.write_text("a-secret-read-from-its-file-0123456789\n")
+    config = load(
+        ["-s", "-p", "the-password", "--token-secret-file", str(secret_file)],
+        {"HUB_REDIS_URL": "redis://:redis-password@127.0.0.1:6379/0"},
+    )
+    masked = set(secrets_of(config))
+    assert {
+        "the-password",
+        "a-secret-read-from-its-file-0123456789",
+        "redis-password",
+    } <= masked
+    line = TextFormatter(masked).format(
+        logging.makeLogRecord({"msg": "%s %s", "args": ("redis-password", "the-password")})
+    )
+    assert "redis-password" not in line and "the-password" not in line

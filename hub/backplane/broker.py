@@ -238,7 +238,13 @@ class RedisBroker:
             for key, entries in reply or ():
                 channel = self._keys.channel_of(_text(key))
                 for entry_id, fields in entries:
-                    self._take(channel, _text(entry_id), fields)
+                    try:
+                        self._take(channel, _text(entry_id), fields)
+                    except Exception:
+                        # One bad entry (written by something else, or a
+                        # handler's bug) must not end the loop: the hub would
+                        # stop hearing the other hubs while it looks healthy.
+                        log.exception("%s: entry %s could not be taken: skipped", channel, entry_id)
 
     def _take(self, channel: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
         cursor = self._cursors.get(channel)
@@ -246,6 +252,10 @@ class RedisBroker:
         if cursor is None or handler is None:
             return  # unsubscribed while this batch was on its way
         epoch, offset = _text(fields[b"e"]), int(fields[b"o"])
+        if epoch == cursor.epoch and offset <= cursor.offset:
+            # A reply read before the channel was subscribed again (after a
+            # HistoryLost): this cursor has it already, or began after it.
+            return
         cursor.last_id = entry_id
         if epoch != cursor.epoch or offset != cursor.offset + 1:
             reason = (

@@ -196,8 +196,9 @@ class Hub:
 
     async def _session_ended(self, record: SessionRecord, reason: LeaveReason) -> None:
         self.observer.session_ended(reason)
-        # Every hub ends its streams of the session (this one at once, through
-        # the control channel's delivery), then everyone is told, once.
+        # Every hub ends its streams of the session (this one has already, in
+        # Sessions.end; the others on the control channel's news), then
+        # everyone is told, once.
         await self.publish(CONTROL_CHANNEL, SessionClosed(record.id, reason))
         self.spawn(self.chat.announce_end(record, reason))
 

@@ -45,9 +45,9 @@ class RoomStore(Protocol):
 class MemoryRoomStore:
     """Rooms of one process: a dict and a counter."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, first_stream_id: int = 1) -> None:
         self._records: dict[str, RoomRecord] = {}
-        self._stream_ids = itertools.count(1)
+        self._stream_ids = itertools.count(first_stream_id)
 
     async def get(self, room_id: str) -> RoomRecord:
         return self._records.get(room_id) or RoomRecord()
@@ -68,7 +68,8 @@ class MemoryRoomStore:
         return before, after, actions
 
     def _next_id(self) -> int:
-        return next(self._stream_ids) % STREAM_ID_LIMIT or next(self._stream_ids)
+        # 1 .. 2**32 - 1, round and round: 0 is no stream on the TCP wire.
+        return (next(self._stream_ids) - 1) % (STREAM_ID_LIMIT - 1) + 1
 
     async def new_stream_id(self) -> int:
         return self._next_id()

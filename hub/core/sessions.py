@@ -213,6 +213,10 @@ class Sessions:
         if record is None:
             return False
         self._presence.forget(session_id)
+        # Its streams here end now, whatever happens to the announcement
+        # (the store has ended it for good; ``closed`` may run again on the
+        # news from the control channel, and then does nothing).
+        self.closed(session_id, reason)
         await self._on_end(record, reason)
         return True
 

@@ -1,6 +1,6 @@
 """DeviceService: the stock device client's three RPCs onto a device room.
 
-Traps of the stock client that shape this adapter (wire-contracts.md):
+Traps of the stock client that shape this adapter (docs/devices.md):
 - it sends nothing on StatusStream until asked, so the room's frame goes out
   the moment the stream opens, and every ``set`` carries the full frame;
 - it waits for exactly one response per event, so every event is acked once,

@@ -250,8 +250,12 @@ class RedisPresenceStore:
         self._sweep = redis.register_script(SWEEP)
         self._due = redis.register_script(DUE)
         self._on_due: DueHandler | None = None
-        # Changes of presence go out in order, one at a time, from one task.
-        self._changes: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        # Changes of presence waiting to go out, from one task: only the
+        # latest per session (arriving or not), since the scripts set state
+        # rather than count, so a client reconnecting again and again while
+        # Redis is away costs one entry, not one per reconnect.
+        self._pending: dict[str, bool] = {}
+        self._pending_changed = asyncio.Event()
         self._here: set[str] = set()  # sessions this hub holds streams of
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -274,11 +278,21 @@ class RedisPresenceStore:
 
     def arrive(self, session_id: str) -> None:
         self._here.add(session_id)
-        self._changes.put_nowait((session_id, True))
+        self._change(session_id, True)
 
     def leave(self, session_id: str) -> None:
         self._here.discard(session_id)
-        self._changes.put_nowait((session_id, False))
+        self._change(session_id, False)
+
+    @property
+    def pending(self) -> int:
+        """Changes of presence not yet written (one per session at most)."""
+        return len(self._pending)
+
+    def _change(self, session_id: str, arriving: bool) -> None:
+        self._pending.pop(session_id, None)  # the newest goes last
+        self._pending[session_id] = arriving
+        self._pending_changed.set()
 
     def forget(self, session_id: str) -> None:
         self._here.discard(session_id)
@@ -299,25 +313,28 @@ class RedisPresenceStore:
     async def _write_changes(self) -> None:
         keys, hub = self._keys, self.hub_id
         while True:
-            session_id, arriving = await self._changes.get()
+            while not self._pending:
+                self._pending_changed.clear()
+                await self._pending_changed.wait()
+            session_id = next(iter(self._pending))
+            arriving = self._pending.pop(session_id)
             script = self._arrive if arriving else self._leave
             args: list[str | float] = [hub] if arriving else [hub, self._grace]
-            while True:
-                try:
-                    await script(
-                        keys=[
-                            keys.session(session_id),
-                            keys.presence(session_id),
-                            keys.held(hub),
-                            keys.departing,
-                        ],
-                        args=args,
-                    )
-                    break
-                except RedisError as error:
-                    # Kept, in order, until Redis answers again.
-                    log.info("%s: presence waits for redis: %s", session_id, error)
-                    await asyncio.sleep(self._settings.backoff_max)
+            try:
+                await script(
+                    keys=[
+                        keys.session(session_id),
+                        keys.presence(session_id),
+                        keys.held(hub),
+                        keys.departing,
+                    ],
+                    args=args,
+                )
+            except RedisError as error:
+                # Kept until Redis answers again, unless a newer change came.
+                log.info("%s: presence waits for redis: %s", session_id, error)
+                self._pending.setdefault(session_id, arriving)
+                await asyncio.sleep(self._settings.backoff_max)
 
     async def _beat(self) -> bool:
         """Refresh this hub's liveness; True if it had lapsed (or is new)."""
@@ -338,7 +355,7 @@ class RedisPresenceStore:
                 if await self._beat():
                     # Counted dead (or Redis restarted): say again where we are.
                     for session_id in list(self._here):
-                        self._changes.put_nowait((session_id, True))
+                        self._change(session_id, True)
                 swept = await self._sweep(
                     keys=[keys.hubs, keys.departing], args=[keys.prefix, self._grace]
                 )

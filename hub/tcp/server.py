@@ -16,7 +16,6 @@ import itertools
 import logging
 import secrets
 import socket
-import time
 from collections import Counter, deque
 from typing import cast
 
@@ -240,7 +239,7 @@ class ClientConnection(asyncio.Protocol):
         self._feed: LiveFeed | None = None
         self._feed_presence: contextlib.AsyncExitStack | None = None
         self._feed_bucket: TokenBucket | None = None
-        self._feed_warned = 0.0
+        self._feed_warned: float | None = None  # when the last rate warning went out
         self._feed_uplink: int | None = None
         self._requests_bucket = TokenBucket(
             self.settings.request_rate, self.settings.request_burst, self.hub.clock
@@ -684,8 +683,8 @@ class ClientConnection(asyncio.Protocol):
             return  # refused or cut: what crossed the refusal is discarded
         if not bucket.take():
             self.server.metrics.rate_limited("tcp_audio")
-            now = time.monotonic()
-            if now - self._feed_warned >= 1.0:
+            now = self.hub.clock.monotonic()
+            if self._feed_warned is None or now - self._feed_warned >= 1.0:
                 self._feed_warned = now
                 self.send(
                     proto.Error(

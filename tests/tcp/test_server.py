@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from chat_helpers import eventually
 from cli_helpers import HUB, Proc
+from fake_clock import FakeClock
 from raw_client import RawClient, contiguous, publish_paced, refused
 from tcp_helpers import (
     ALPHA,
@@ -831,3 +832,33 @@ async def test_publish_into_a_room(serve: Serve, connect: Connect, new_device: N
     assert 50 <= relayed <= 65, relayed  # the burst, and what trickled in meanwhile
     assert contiguous(listener.audio(start.stream_id))
     await device.wait_for(lambda: len(device.streams) == 2, what="the device's second stream")
+
+
+async def test_a_publisher_is_warned_of_excess_once_a_second_of_the_hubs_clock(
+    serve: Serve, connect: Connect
+) -> None:
+    clock = FakeClock(0.0, auto_advance=False)  # time moves only when the test says
+    served = await serve(clock=clock)
+    publisher = await connect(served.address)
+    packets = list(encode_blocks([music_tone(500.0, 1.0)], OpusSettings()))
+    publisher.send(PublishStart(9, "R"))
+    seq = 0
+
+    async def flood(count: int) -> None:
+        nonlocal seq
+        for _ in range(count):
+            publisher.send(Audio(9, seq, packets[seq % len(packets)]))
+            seq += 1
+        publisher.send(Ping(seq))
+        await publisher.skip_to(Pong)
+
+    await flood(120)  # the second's burst passes, the rest is dropped: one warning
+    assert len(publisher.errors(ErrorCode.RATE_LIMITED)) == 1
+    clock.advance(0.5)
+    await flood(120)  # within the second: dropped without a word
+    assert len(publisher.errors(ErrorCode.RATE_LIMITED)) == 1
+    clock.advance(0.5)
+    await flood(120)  # a second on: warned again
+    warnings = publisher.errors(ErrorCode.RATE_LIMITED)
+    assert len(warnings) == 2
+    assert all(refused(e, ErrorCode.RATE_LIMITED, FrameType.AUDIO) for e in warnings)

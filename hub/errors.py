@@ -78,6 +78,14 @@ class Unavailable(HubError):
     code = Code.UNAVAILABLE
 
 
+class ShuttingDown(Unavailable):
+    """The hub is stopping: nothing new starts. Every door refuses with this
+    one error: gRPC as ``UNAVAILABLE``, the TCP door as its ``shutdown`` code."""
+
+    def __init__(self, message: str = "the server is shutting down") -> None:
+        super().__init__(message)
+
+
 class SessionEnded(HubError):
     """The session behind a stream was logged out or expired: end it cleanly."""
 

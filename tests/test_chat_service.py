@@ -693,7 +693,7 @@ async def test_shutdown_reaches_every_stream_last_and_ends_them_ok(
         assert [kind(e) for e in ended.events] == ["server_shutdown"]
         assert_recent(ended.events[-1])
     error = await rpc_error(stub(channel).Login(chat_pb2.LoginRequest(name="x", password=PASSWORD)))
-    assert (error.code(), error.details()) == (Code.UNAVAILABLE, "server is shutting down")
+    assert (error.code(), error.details()) == (Code.UNAVAILABLE, "the server is shutting down")
     refused = await Stream(channel, token).end()
     assert refused.code in (Code.UNAUTHENTICATED, Code.UNAVAILABLE)
     start = time.monotonic()

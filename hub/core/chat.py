@@ -16,7 +16,7 @@ from hub.core.events import LeaveReason, ServerShutdown, UserJoined, UserLeft, U
 from hub.core.fanout import Fanout
 from hub.core.sessions import Session, SessionRecord, Sessions
 from hub.core.subscription import Overflow, Subscription
-from hub.errors import InvalidArgument, RateLimited, Unavailable, WrongPassword
+from hub.errors import InvalidArgument, RateLimited, ShuttingDown, WrongPassword
 from hub.settings import ChatSettings
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Chat:
 
     async def login(self, name: str, password: str) -> tuple[Session, str]:
         if self._fanout.closing:
-            raise Unavailable("server is shutting down")
+            raise ShuttingDown()
         if not hmac.compare_digest(password.encode(), self._settings.password.encode()):
             raise WrongPassword("password is incorrect")
         check_name(name, self._settings.name_max_chars)
@@ -119,7 +119,7 @@ class Chat:
 
     async def say(self, session: Session, text: str) -> None:
         if self._fanout.closing:
-            raise Unavailable("server is shutting down")
+            raise ShuttingDown()
         check_message(text, self._settings.message_max_bytes)
         if not await self._sessions.allow(session):
             log.warning("%s: rate limited", session.id, extra={"session": session.id})

@@ -25,9 +25,9 @@ from hub.errors import (
     MissingToken,
     RateLimited,
     ResourceExhausted,
+    ShuttingDown,
     SlowConsumer,
     Unauthenticated,
-    Unavailable,
 )
 from hub.logs import set_context
 from hub.metrics import CHAT, Metrics, outcome_of
@@ -59,15 +59,23 @@ def encode_event(pub: Publication) -> bytes:
     return response.SerializeToString()
 
 
+async def token_session(
+    hub: Hub, context: grpc.aio.ServicerContext, missing: str = "missing token header"
+) -> Session:
+    """The session of the token in the call's metadata (every door reads it
+    here); ``missing`` is the refusal's text when there is none."""
+    token = metadata_value(context, TOKEN_HEADER)
+    if token is None:
+        raise MissingToken(missing)
+    return await hub.sessions.authenticate(token)
+
+
 async def session_of(
     hub: Hub, context: grpc.aio.ServicerContext, metrics: Metrics, door: str
 ) -> Session:
     """The session of the call's token; a refusal is counted for ``door``, then raised."""
     try:
-        token = metadata_value(context, TOKEN_HEADER)
-        if token is None:
-            raise MissingToken("missing token header")
-        return await hub.sessions.authenticate(token)
+        return await token_session(hub, context)
     except HubError as error:
         metrics.refused(door, error)
         raise
@@ -129,7 +137,7 @@ class ChatService:
         set_context(session=session.id, peer=context.peer())
         log.debug("stream opened")
         if self._hub.closing:
-            await abort(context, Unavailable("server is shutting down"))
+            await abort(context, ShuttingDown())
         latency = metrics.write_latency(CHAT)
         with metrics.stream_open(CHAT):
             async with self._hub.chat.stream(session) as subscription:

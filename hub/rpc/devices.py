@@ -42,11 +42,11 @@ from hub.core.rooms import Admit, AudioGate, Room, check_room_id
 from hub.core.roomstate import Input
 from hub.core.sessions import Session
 from hub.core.subscription import Overflow, Subscription
-from hub.errors import HubError, MissingToken, PermissionDenied
+from hub.errors import HubError, ShuttingDown
 from hub.logs import set_context
 from hub.metrics import DEVICES, Metrics
 from hub.proto import comms_pb2
-from hub.rpc.chat import TOKEN_HEADER
+from hub.rpc.chat import TOKEN_HEADER, token_session
 from hub.rpc.methods import Methods, Responses, consume
 from hub.rpc.sessionbound import Interruptible, bound_to
 from hub.rpc.status import metadata_value
@@ -247,13 +247,11 @@ class DeviceService:
         policy = self._hub.settings.devices
         session = None
         if policy.requires_token(room_id):
-            token = metadata_value(context, TOKEN_HEADER)
-            if token is None:
-                raise MissingToken(f"room {room_id} requires an {TOKEN_HEADER} token")
-            session = await self._hub.sessions.authenticate(token)
+            missing = f"room {room_id} requires an {TOKEN_HEADER} token"
+            session = await token_session(self._hub, context, missing)
             log.info("%s: device access to room %s", session.id, room_id)
         if self._hub.closing:
-            raise PermissionDenied("server is shutting down")
+            raise ShuttingDown()
         return await self._hub.rooms.open(room_id), session
 
     # A HubError raised by a handler is its call's status (hub.rpc.methods).

@@ -29,7 +29,7 @@ from hub.core.publication import Publication
 from hub.core.ratelimit import TokenBucket
 from hub.core.rooms import Admit, AudioGate, LiveFeed, Room
 from hub.core.sessions import Session
-from hub.errors import Code, HubError, MissingToken, NotFound
+from hub.errors import Code, HubError, MissingToken, NotFound, ShuttingDown
 from hub.metrics import TCP, Metrics
 from hub.settings import StreamSettings
 from hub.tcp import codec as proto
@@ -45,6 +45,15 @@ ERROR_CODES: dict[Code, proto.ErrorCode] = {
     Code.FAILED_PRECONDITION: proto.ErrorCode.INVALID_ARGUMENT,
     Code.UNAVAILABLE: proto.ErrorCode.UNAVAILABLE,
 }
+
+
+def error_code(error: HubError) -> proto.ErrorCode:
+    """The TCP door's code for ``error``: a shutdown has its own (section 9)."""
+    if isinstance(error, ShuttingDown):
+        return proto.ErrorCode.SHUTDOWN
+    return ERROR_CODES[error.code]
+
+
 END_REASONS: dict[StreamEnd | None, proto.StreamEndReason] = {
     StreamEnd.FINISHED: proto.StreamEndReason.FINISHED,
     StreamEnd.STOPPED: proto.StreamEndReason.STOPPED,
@@ -180,7 +189,7 @@ class StreamServer:
         if self._server is not None:
             self._server.close()
         for client in list(self.clients):
-            client.fail(proto.ErrorCode.SHUTDOWN, "the server is shutting down")
+            client.fail_with(ShuttingDown())
         # (Python 3.11's Server.wait_closed does not wait for connections.)
         await self._wait_for_no_clients(grace)
         for client in list(self.clients):
@@ -399,7 +408,7 @@ class ClientConnection(asyncio.Protocol):
         self._close()
 
     def fail_with(self, error: HubError, request: proto.FrameType | None = None) -> None:
-        self.fail(ERROR_CODES[error.code], error.message, request)
+        self.fail(error_code(error), error.message, request)
 
     def close(self, error: HubError | None = None) -> None:
         """The chat session behind this connection ended."""
@@ -485,9 +494,7 @@ class ClientConnection(asyncio.Protocol):
             await self._request(event)
         except HubError as error:
             self.server.metrics.refused(TCP, error)
-            self.send(
-                proto.Error(ERROR_CODES[error.code], error.message, fatal=False, request=request)
-            )
+            self.send(proto.Error(error_code(error), error.message, fatal=False, request=request))
 
     async def _request(self, event: proto.Event) -> None:
         if isinstance(event, proto.ListTracks):
@@ -511,7 +518,7 @@ class ClientConnection(asyncio.Protocol):
         # Every refusal names the request it refuses: HELLO (section 4).
         refused = proto.FrameType.HELLO
         if self.server.hub.closing:
-            self.fail(proto.ErrorCode.SHUTDOWN, "the server is shutting down", refused)
+            self.fail_with(ShuttingDown(), refused)
             return
         if len(self.server.clients) > self.settings.max_connections:
             self.fail(proto.ErrorCode.UNAVAILABLE, "the server is full", refused)

@@ -177,7 +177,9 @@ async def test_connect_refused_while_the_hub_shuts_down(
     await served.hub.shutdown()
     device = await new_device(served.address, ROOM, check=False)
     await device.wait_for(lambda: len(device.failures) == 3, what="three refusals")
-    assert {f.code for f in device.failures.values()} == {Code.PERMISSION_DENIED}
+    assert {(f.code, f.details) for f in device.failures.values()} == {
+        (Code.UNAVAILABLE, "the server is shutting down")
+    }
 
 
 async def test_a_device_vanishing_before_answering_leaves_nothing_behind(

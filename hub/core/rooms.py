@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from hub.audio.cache import EncodedSound, PacketCache
 from hub.audio.library import SoundLibrary
 from hub.audio.opus import OpusSettings, silence_packet
-from hub.audio.pacer import pace
+from hub.audio.player import play
 from hub.audio.sources import FileSound, Sound
 from hub.core import leds
 from hub.core.events import AudioFrame, LedFrame, RoomChanged, RoomNotice, StreamEnd
@@ -245,35 +245,26 @@ class Room:
 
     async def _play(self, stream_id: int, mode: int) -> None:
         sound = self._rooms.library[mode]
-        encoded = self._rooms.encoded(sound)
-        frame_seconds = self._rooms.opus.frame_seconds
-        publish = self._hub.publish
-        channel = self.audio_channel
-        paced = functools.partial(self._rooms.observer.paced, "room")
-        try:
-            async for seq, packet in pace(
-                encoded.reader(), frame_seconds, self._hub.clock, on_release=paced
-            ):
-                first = seq == 0
-                await publish(
-                    channel,
-                    AudioFrame(
-                        stream_id,
-                        seq,
-                        packet,
-                        is_start=first,
-                        title=sound.title,
-                        duration=sound.duration,
-                    ),
-                    droppable=not first,
-                )
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s: cannot play %r", self.id, sound.title)
-            outcome = Input.FAILED
-        else:
-            outcome = Input.ENDED
+
+        async def publish(seq: int, packet: bytes, is_start: bool) -> None:
+            frame = AudioFrame(
+                stream_id,
+                seq,
+                packet,
+                is_start=is_start,
+                title=sound.title,
+                duration=sound.duration,
+            )
+            await self._hub.publish(self.audio_channel, frame, droppable=not is_start)
+
+        played = await play(
+            self._rooms.encoded(sound),
+            self._hub.clock,
+            publish,
+            who=self.id,
+            on_release=functools.partial(self._rooms.observer.paced, "room"),
+        )
+        outcome = Input.ENDED if played else Input.FAILED
         async with self._lock:
             await self._apply(outcome, stream_id)
 

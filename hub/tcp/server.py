@@ -19,10 +19,8 @@ import socket
 from collections import Counter, deque
 from typing import cast
 
-import soundfile as sf
-
 from hub.audio.music import MusicFolder, Track
-from hub.audio.pacer import pace
+from hub.audio.player import play
 from hub.core.events import AudioFrame, StreamEnd
 from hub.core.hub import Hub
 from hub.core.publication import Publication
@@ -600,27 +598,18 @@ class ClientConnection(asyncio.Protocol):
         self.log.info("%s: playing %d %r as stream %d", self.id, track.id, track.title, stream_id)
 
     async def _play_track(self, track: Track, stream_id: int) -> None:
-        rooms = self.hub.rooms
-        encoded = rooms.encoded(track.sound)
-        reason = proto.StreamEndReason.FINISHED
-        try:
-            async for seq, packet in pace(
-                encoded.reader(),
-                rooms.opus.frame_seconds,
-                self.hub.clock,
-                on_release=self._paced,
-            ):
-                self.send(proto.Audio(stream_id, seq, packet), droppable=True)
-        except asyncio.CancelledError:
-            raise
-        except (OSError, sf.SoundFileError) as error:
-            # The file went away or changed since it was listed: the peer's
-            # news, not the server's failure.
-            self.log.warning("%s: cannot play %r: %s", self.id, track.title, error)
-            reason = proto.StreamEndReason.ERROR
-        except Exception:
-            self.log.exception("%s: cannot play %r", self.id, track.title)
-            reason = proto.StreamEndReason.ERROR
+        async def send(seq: int, packet: bytes, is_start: bool) -> None:
+            self.send(proto.Audio(stream_id, seq, packet), droppable=True)
+
+        played = await play(
+            self.hub.rooms.encoded(track.sound),
+            self.hub.clock,
+            send,
+            who=self.id,
+            on_release=self._paced,
+            logger=self.log,
+        )
+        reason = proto.StreamEndReason.FINISHED if played else proto.StreamEndReason.ERROR
         self._player = None
         if self.codec.downlink_stream == stream_id:
             self.send(proto.StreamEnd(stream_id, reason))

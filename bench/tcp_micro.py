@@ -40,6 +40,7 @@ from hub.core.hub import Hub
 from hub.core.publication import Publication
 from hub.settings import Settings
 from hub.tcp import codec as proto
+from hub.tcp import downlink
 from hub.tcp import server as tcp_server
 
 ROOM = "micro"
@@ -66,14 +67,14 @@ def _fast_send(original: Any) -> Any:
 def _fast_deliver(original: Any) -> Any:
     ready = proto.State.READY
 
-    def deliver(self: tcp_server.RoomListener, pub: Publication) -> None:
+    def deliver(self: downlink.RoomListener, pub: Publication) -> None:
         frame = pub.event
         if frame.stream_id == self._gate.current and not frame.is_end:
             client = self._client
             codec = client.codec
             if codec._state is ready and codec._slots[0] == frame.stream_id:
                 if client._transport is not None:
-                    client._write(pub.encoded(tcp_server.tcp_audio).data, droppable=pub.droppable)
+                    client._write(pub.encoded(downlink.tcp_audio).data, droppable=pub.droppable)
                 return
         original(self, pub)
 
@@ -118,14 +119,14 @@ async def run(args: argparse.Namespace) -> None:
             except BlockingIOError:
                 pass
 
-    originals = (proto.Connection.send, tcp_server.RoomListener.deliver)
+    originals = (proto.Connection.send, downlink.RoomListener.deliver)
 
     def install(variant: str) -> None:
-        proto.Connection.send, tcp_server.RoomListener.deliver = originals  # type: ignore[method-assign]
+        proto.Connection.send, downlink.RoomListener.deliver = originals  # type: ignore[method-assign]
         if variant == "fastsend":
             proto.Connection.send = _fast_send(originals[0])  # type: ignore[method-assign]
         elif variant == "fastdeliver":
-            tcp_server.RoomListener.deliver = _fast_deliver(originals[1])  # type: ignore[method-assign]
+            downlink.RoomListener.deliver = _fast_deliver(originals[1])  # type: ignore[method-assign]
 
     seq = 0
 

@@ -125,11 +125,11 @@ def install_variants(variants: set[str]) -> None:
         clock.SystemClock.sleep_until = sleep_until  # type: ignore[method-assign]
     if "fastdeliver" in variants:
         from hub.tcp import codec as proto
-        from hub.tcp import server as tcp_server
+        from hub.tcp import downlink
 
-        original_deliver = tcp_server.RoomListener.deliver
+        original_deliver = downlink.RoomListener.deliver
         ready = proto.State.READY
-        tcp_audio = tcp_server.tcp_audio
+        tcp_audio = downlink.tcp_audio
 
         def deliver(self: Any, pub: Any) -> None:
             frame = pub.event
@@ -141,7 +141,7 @@ def install_variants(variants: set[str]) -> None:
                     return
             original_deliver(self, pub)
 
-        tcp_server.RoomListener.deliver = deliver  # type: ignore[method-assign]
+        downlink.RoomListener.deliver = deliver  # type: ignore[method-assign]
     if "prewarm" in variants:
         from hub.tcp import server as tcp_server
 

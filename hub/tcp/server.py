@@ -2,10 +2,10 @@
 
 Bytes in go to the codec (``data_received``); the requests it parses are
 handled in order by one task per connection; frames out go straight to the
-transport. Room audio costs no task at all: the hub hands each publication to
-every listener's ``RoomListener.deliver``, which writes the frame (encoded once
-for all listeners) to that listener's transport, or skips it while the
-listener's send buffer is full. Stream start and end frames are never skipped.
+transport. What a client listens to (a track, or a room) is its
+``Downlink`` (``hub.tcp.downlink``); what it publishes into a room, its
+``Uplink`` (``hub.tcp.uplink``). The connection owns the socket, the
+handshake, the timers and the order of requests, and hands the rest to them.
 """
 
 from __future__ import annotations
@@ -19,18 +19,16 @@ import socket
 from collections import Counter, deque
 from typing import cast
 
-from hub.audio.music import MusicFolder, Track
-from hub.audio.player import play
-from hub.core.events import AudioFrame, StreamEnd
+from hub.audio.music import MusicFolder
 from hub.core.hub import Hub
-from hub.core.publication import Publication
 from hub.core.ratelimit import TokenBucket
-from hub.core.rooms import Admit, AudioGate, LiveFeed, Room
 from hub.core.sessions import Session
 from hub.errors import Code, HubError, MissingToken, NotFound, ShuttingDown
 from hub.metrics import TCP, Metrics
 from hub.settings import StreamSettings
 from hub.tcp import codec as proto
+from hub.tcp.downlink import Downlink, ms
+from hub.tcp.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +50,6 @@ def error_code(error: HubError) -> proto.ErrorCode:
     return ERROR_CODES[error.code]
 
 
-END_REASONS: dict[StreamEnd | None, proto.StreamEndReason] = {
-    StreamEnd.FINISHED: proto.StreamEndReason.FINISHED,
-    StreamEnd.STOPPED: proto.StreamEndReason.STOPPED,
-    StreamEnd.SWITCHED: proto.StreamEndReason.SWITCHED,
-    StreamEnd.ERROR: proto.StreamEndReason.ERROR,
-    StreamEnd.CLOSED: proto.StreamEndReason.STOPPED,
-    None: proto.StreamEndReason.FINISHED,
-}
 # Requests waiting for the connection's handler; past this the shim stops
 # reading the socket until the handler catches up (TCP then pushes back).
 PAUSE_AT = 64
@@ -74,70 +64,6 @@ SOCKET_SEND_BUFFER = 64 * 1024
 # How long ``StreamServer.close`` waits for clients to take their shutdown
 # ERROR and hang up before it cuts the rest off: inside the app's stop budget.
 CLOSE_GRACE = 1.0
-
-
-# -- room audio, encoded once per publication for every TCP listener ---------
-
-
-def _ms(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1000)
-
-
-def tcp_audio(pub: Publication) -> proto.Prepared:
-    frame: AudioFrame = pub.event
-    return proto.prepare(proto.Audio(frame.stream_id, frame.seq, frame.data))
-
-
-def tcp_start(pub: Publication) -> proto.Prepared:
-    frame: AudioFrame = pub.event
-    return proto.prepare(
-        proto.StreamStart(
-            frame.stream_id,
-            None,
-            proto.fit_text(frame.title, proto.MAX_TITLE_BYTES),
-            _ms(frame.duration),
-            frame_duration_us=round(frame.frame_seconds * 1_000_000),
-        )
-    )
-
-
-def tcp_end(pub: Publication) -> proto.Prepared:
-    frame: AudioFrame = pub.event
-    return proto.prepare(proto.StreamEnd(frame.stream_id, END_REASONS[frame.end_reason]))
-
-
-class RoomListener:
-    """A TCP client in a device room: a hub subscriber that never queues."""
-
-    def __init__(self, client: ClientConnection, room: Room) -> None:
-        self.channel = room.audio_channel
-        self.room = room
-        self._client = client
-        self._gate = AudioGate()
-
-    def deliver(self, pub: Publication) -> None:
-        frame: AudioFrame = pub.event
-        admit = self._gate.admit(frame)
-        if admit is Admit.SKIP:
-            return
-        client = self._client
-        if frame.is_end:
-            client.send_frame(pub.encoded(tcp_end))
-            return
-        if frame.is_start or admit is Admit.SEND_AS_START:
-            client.end_downlink(proto.StreamEndReason.SWITCHED)
-            client.send_frame(pub.encoded(tcp_start))
-        audio = pub.encoded(tcp_audio)
-        if client.codec.downlink_stream == frame.stream_id:
-            # The hot path, once per packet per listener: AUDIO of the open
-            # stream moves no state, so its checked bytes go out as they are.
-            client.write(audio.data, droppable=pub.droppable)
-        else:
-            client.send_frame(audio, droppable=pub.droppable)
-
-    def close(self, error: HubError | None = None) -> None:
-        if error is not None:
-            self._client.fail_with(error)
 
 
 # -- the server ---------------------------------------------------------------
@@ -240,14 +166,8 @@ class ClientConnection(asyncio.Protocol):
         self._handler: asyncio.Task[None] | None = None
         self._paused = False
         self._session: Session | None = None
-        self._player: asyncio.Task[None] | None = None
-        self._room: contextlib.AsyncExitStack | None = None
-        self._room_id: str | None = None
-        self._feed: LiveFeed | None = None
-        self._feed_presence: contextlib.AsyncExitStack | None = None
-        self._feed_bucket: TokenBucket | None = None
-        self._feed_warned: float | None = None  # when the last rate warning went out
-        self._feed_uplink: int | None = None
+        self._downlink = Downlink(self, self.hub)  # what it listens to
+        self._uplink = Uplink(self, self.hub, server.metrics)  # what it publishes
         self._requests_bucket = TokenBucket(
             self.settings.request_rate, self.settings.request_burst, self.hub.clock
         )
@@ -472,7 +392,7 @@ class ClientConnection(asyncio.Protocol):
             await self._hello(event)
             return
         if isinstance(event, proto.Audio):
-            await self._publish_packet(event)
+            await self._uplink.packet(event)
             return
         if isinstance(event, proto.Ping):
             self.send(proto.Pong(event.nonce))
@@ -500,15 +420,15 @@ class ClientConnection(asyncio.Protocol):
         elif isinstance(event, proto.Play):
             await self._play(event.track_id)
         elif isinstance(event, proto.Stop):
-            await self._stop_track(proto.StreamEndReason.STOPPED)
+            await self._downlink.stop_track(proto.StreamEndReason.STOPPED)
         elif isinstance(event, proto.Join):
             await self._join(event.room)
         elif isinstance(event, proto.Leave):
-            await self._leave(proto.StreamEndReason.STOPPED)
+            await self._downlink.leave(proto.StreamEndReason.STOPPED)
         elif isinstance(event, proto.PublishStart):
             await self._publish_start(event)
         elif isinstance(event, proto.PublishEnd):
-            await self._publish_end()
+            await self._uplink.end()
         elif isinstance(event, proto.Error):
             self.log.info("%s: client reports %s: %s", self.id, event.code.label, event.text)
 
@@ -558,7 +478,7 @@ class ClientConnection(asyncio.Protocol):
         music = self.server.music
         tracks = [] if music is None else await asyncio.to_thread(music.scan)
         infos = [
-            proto.TrackInfo(t.id, proto.fit_text(t.title, proto.MAX_TITLE_BYTES), _ms(t.duration))
+            proto.TrackInfo(t.id, proto.fit_text(t.title, proto.MAX_TITLE_BYTES), ms(t.duration))
             for t in tracks
         ]
         for page in proto.list_result_pages(infos, self.codec.peer_max_frame_size):
@@ -579,55 +499,7 @@ class ClientConnection(asyncio.Protocol):
             track = music.get(track_id)
         if track is None:
             raise NotFound(f"no track {track_id} (send LIST for the current ids)")
-        await self._leave(proto.StreamEndReason.SWITCHED)
-        await self._stop_track(proto.StreamEndReason.SWITCHED)
-        stream_id = await self.hub.rooms.new_stream_id()
-        opus = self.hub.rooms.opus
-        self.send(
-            proto.StreamStart(
-                stream_id,
-                track.id,
-                proto.fit_text(track.title, proto.MAX_TITLE_BYTES),
-                _ms(track.duration),
-                frame_duration_us=round(opus.frame_ms * 1000),
-            )
-        )
-        self._player = asyncio.get_running_loop().create_task(
-            self._play_track(track, stream_id), name=f"tcp {self.id} track {track.id}"
-        )
-        self.log.info("%s: playing %d %r as stream %d", self.id, track.id, track.title, stream_id)
-
-    async def _play_track(self, track: Track, stream_id: int) -> None:
-        async def send(seq: int, packet: bytes, is_start: bool) -> None:
-            self.send(proto.Audio(stream_id, seq, packet), droppable=True)
-
-        played = await play(
-            self.hub.rooms.encoded(track.sound),
-            self.hub.clock,
-            send,
-            who=self.id,
-            on_release=self._paced,
-            logger=self.log,
-        )
-        reason = proto.StreamEndReason.FINISHED if played else proto.StreamEndReason.ERROR
-        self._player = None
-        if self.codec.downlink_stream == stream_id:
-            self.send(proto.StreamEnd(stream_id, reason))
-
-    def _paced(self, lateness: float) -> None:
-        self.hub.observer.paced("music", lateness)
-
-    async def _stop_track(self, reason: proto.StreamEndReason) -> None:
-        player, self._player = self._player, None
-        if player is None:
-            return
-        player.cancel()
-        # Once cancelled it sends nothing more: the end frame is the last.
-        self.end_downlink(reason)
-        # Not ``await player`` under suppress(CancelledError): that would also
-        # swallow this task's own cancellation (the client went away), and the
-        # handler would carry on, start the next track and wait forever.
-        await asyncio.wait((player,))
+        await self._downlink.play(track)
 
     def _check_room_access(self, room_id: str) -> None:
         if self.hub.settings.devices.requires_token(room_id) and self._session is None:
@@ -635,81 +507,20 @@ class ClientConnection(asyncio.Protocol):
 
     async def _join(self, room_id: str) -> None:
         self._check_room_access(room_id)
-        room = await self.hub.rooms.open(room_id)
-        await self._stop_track(proto.StreamEndReason.SWITCHED)
-        await self._leave(proto.StreamEndReason.SWITCHED)
-        # Cancelled (the client went away) or refused between the two steps,
-        # the ``async with`` undoes the first; joined, ``pop_all`` keeps both.
-        async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(self.hub.rooms.join(room.id, "a listener"))
-            await stack.enter_async_context(self.hub.attach(RoomListener(self, room)))
-            self._room, self._room_id = stack.pop_all(), room.id
-        self.send(proto.Joined(room.id))
-        self.log.info("%s: joined room %s", self.id, room.id)
-
-    async def _leave(self, reason: proto.StreamEndReason) -> None:
-        stack, room_id = self._room, self._room_id
-        if stack is None or room_id is None:
-            return
-        self._room = self._room_id = None
-        await stack.aclose()
-        self.end_downlink(reason)
-        self.send(proto.Left(room_id))
+        await self._downlink.join(await self.hub.rooms.open(room_id))
 
     async def _publish_start(self, start: proto.PublishStart) -> None:
         self._check_room_access(start.room)
         room = await self.hub.rooms.open(start.room)
         title = start.title or (self._session.name if self._session else "live")
-        await self._publish_end()
-        # A publisher is present in its room while it publishes, so an
-        # otherwise empty room is not forgotten under it.
-        async with contextlib.AsyncExitStack() as presence:
-            await presence.enter_async_context(self.hub.rooms.join(room.id, "a publisher"))
-            self._feed = await room.go_live(title, start.frame_duration_us / 1_000_000)
-            self._feed_presence = presence.pop_all()
-        self._feed_uplink = start.stream_id
-        packets_per_second = 1_000_000 / start.frame_duration_us
-        # Real time, with a second of audio as burst for network jitter.
-        self._feed_bucket = TokenBucket(packets_per_second, packets_per_second, self.hub.clock)
-        self.log.info("%s: publishing %r into room %s", self.id, title, room.id)
-
-    async def _publish_packet(self, audio: proto.Audio) -> None:
-        feed, bucket = self._feed, self._feed_bucket
-        if feed is None or bucket is None or audio.stream_id != self._feed_uplink:
-            return  # refused or cut: what crossed the refusal is discarded
-        if not bucket.take():
-            self.server.metrics.rate_limited("tcp_audio")
-            now = self.hub.clock.monotonic()
-            if self._feed_warned is None or now - self._feed_warned >= 1.0:
-                self._feed_warned = now
-                self.send(
-                    proto.Error(
-                        proto.ErrorCode.RATE_LIMITED,
-                        "audio faster than real time: excess dropped",
-                        fatal=False,
-                        request=proto.FrameType.AUDIO,
-                    )
-                )
-            return
-        await feed.push(audio.packet)
-
-    async def _publish_end(self) -> None:
-        feed, self._feed = self._feed, None
-        presence, self._feed_presence = self._feed_presence, None
-        if feed is not None:
-            await feed.end()
-        if presence is not None:
-            await presence.aclose()
+        await self._uplink.start(start, room, title)
 
     async def _cleanup(self) -> None:
         if self._handler is not None:
             # Let the cancelled handler unwind first: nothing it was doing can
             # then start a player or join a room after this has cleaned up.
             await asyncio.wait((self._handler,))
-        await self._stop_track(proto.StreamEndReason.STOPPED)
-        if self._room is not None:
-            stack, self._room = self._room, None
-            await stack.aclose()
-        await self._publish_end()
+        await self._downlink.close()
+        await self._uplink.end()
         if self._session is not None:
             self.hub.sessions.detach(self._session, self)

@@ -57,12 +57,9 @@ KNOWN: dict[tuple[str, str], str] = {
     ("tests/devices/test_devices_gate.py", "queue._queue"): (
         "issue 12.3: DeviceAudio re-implements Subscription; its queue goes with it"
     ),
-    # Device rooms, the TCP server and the backplane: being reworked (issue 12.2,
-    # 12.4); their tests' reach goes with that work.
+    # The backplane: being reworked (issue 12.4); its tests' reach goes with that work.
     ("tests/cluster/test_redis_broker.py", "broker._handler"): "issue 12.4 (backplane)",
     ("tests/cluster/test_redis_broker.py", "b._handler"): "issue 12.4 (backplane)",
-    ("tests/tcp/test_protocol_doc.py", "connection._transport"): "issue 12.2 (ClientConnection)",
-    ("tests/tcp/test_server.py", "connection._transport"): "issue 12.2 (ClientConnection)",
 }
 
 

@@ -179,6 +179,11 @@ class ClientConnection(asyncio.Protocol):
         self._closing = False
         self._linger: asyncio.TimerHandle | None = None
 
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The client's socket, None once the connection is lost."""
+        return self._transport
+
     # -- transport callbacks ---------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

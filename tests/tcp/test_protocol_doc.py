@@ -47,7 +47,7 @@ NOISE = 5  # "99 - noise.wav" sorts after the fixture's four tracks
 
 def count_written_audio(connection: ClientConnection) -> dict[int, int]:
     """Wrap the server's transport: AUDIO frames handed to it, by stream id."""
-    transport = connection._transport
+    transport = connection.transport
     assert transport is not None
     write = transport.write
     written: dict[int, int] = {}

@@ -627,7 +627,7 @@ async def test_clients_come_and_go_while_others_stream(serve: Serve, connect: Co
 def record_peak_buffer(connection: ClientConnection) -> Callable[[], int]:
     """Wrap the server's transport for ``connection``: the most bytes its write
     buffer ever held right after a write."""
-    transport = connection._transport
+    transport = connection.transport
     assert transport is not None
     write = transport.write
     peak = 0

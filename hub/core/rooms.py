@@ -28,6 +28,7 @@ from hub.audio.library import SoundLibrary
 from hub.audio.opus import OpusSettings, silence_packet
 from hub.audio.pacer import pace
 from hub.audio.sources import FileSound, Sound
+from hub.clock import Timer
 from hub.core import leds
 from hub.core.events import AudioFrame, LedFrame, RoomChanged, RoomNotice, StreamEnd
 from hub.core.fanout import Fanout
@@ -142,7 +143,7 @@ class Room:
         self._player: asyncio.Task[None] | None = None
         self._playing: int | None = None  # the stream the player plays
         self._lock = asyncio.Lock()
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: Timer | None = None
         self._live_title = ""
         self._sharing: list[asyncio.Task[None]] = []
         self.followed = asyncio.Event()  # the copy of the record is current
@@ -434,8 +435,8 @@ class Room:
     def linger(self) -> None:
         """Be forgotten after the linger, unless someone joins first."""
         if self.members == 0 and self._expiry is None:
-            self._expiry = asyncio.get_running_loop().call_later(
-                self._rooms.linger, self._rooms.forget, self
+            self._expiry = self._hub.clock.call_later(
+                self._rooms.linger, functools.partial(self._rooms.forget, self)
             )
 
     async def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 
 
@@ -96,3 +97,8 @@ class FakeClock:
             _, _, waiter = heapq.heappop(self._sleepers)
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def clock_from_now(*, auto_advance: bool = True) -> FakeClock:
+    """Virtual time whose wall time starts at the real now (timestamps look recent)."""
+    return FakeClock(1000.0, auto_advance=auto_advance, wall_offset=time.time() - 1000.0)

@@ -33,7 +33,7 @@ from chat_helpers import (
     without_streams,
 )
 from cli_helpers import HUB, Proc
-from fake_clock import FakeClock
+from fake_clock import clock_from_now
 from stock_device import TcpRelay
 
 from hub.audio.library import SoundLibrary
@@ -440,11 +440,6 @@ async def test_a_token_from_another_hub_is_refused(
 
 # On a fake clock the grace is as long as in production; the test moves time on.
 GRACE = ChatSettings().grace
-
-
-def clock_from_now() -> FakeClock:
-    """Virtual time whose wall time starts at the real now."""
-    return FakeClock(1000.0, wall_offset=time.time() - 1000.0)
 
 
 async def test_expired_token_is_refused(serve_hub: ServeHub, open_channel: OpenChannel) -> None:

@@ -432,6 +432,11 @@ class Room:
             log.warning("%s: %s not counted across hubs (%s)", self.id, what, error)
             return None
 
+    @property
+    def lingering(self) -> bool:
+        """Empty, and due to be forgotten after the linger unless someone joins."""
+        return self._expiry is not None
+
     def linger(self) -> None:
         """Be forgotten after the linger, unless someone joins first."""
         if self.members == 0 and self._expiry is None:

@@ -33,7 +33,7 @@ from hub.core import leds
 from hub.core.events import AudioFrame, LedFrame, RoomChanged, RoomNotice, StreamEnd
 from hub.core.fanout import Fanout
 from hub.core.observer import Observer, Unobserved
-from hub.core.roomstate import ABOUT_A_STREAM, Action, Input, RoomRecord, RoomState
+from hub.core.roomstate import ABOUT_A_STREAM, Action, Input, RoomRecord, RoomState, step
 from hub.core.roomstore import MemoryRoomStore, RoomCluster, RoomStore
 from hub.core.subscription import Overflow
 from hub.errors import HubError, InvalidArgument, Unavailable
@@ -115,6 +115,7 @@ END_REASONS = {
     Input.STOP: StreamEnd.STOPPED,
     Input.ENDED: StreamEnd.FINISHED,
     Input.FAILED: StreamEnd.ERROR,
+    Input.CLOSE: StreamEnd.CLOSED,
 }
 
 
@@ -275,8 +276,17 @@ class Room:
             outcome = Input.FAILED
         else:
             outcome = Input.ENDED
+        await self.stream_over(stream_id, outcome)
+
+    async def stream_over(self, stream_id: int, outcome: Input) -> None:
+        """The stream ``stream_id`` ran out (ENDED) or broke (FAILED): the room steps,
+        unless the stream was cut already (then the news is stale)."""
         async with self._lock:
             await self._apply(outcome, stream_id)
+
+    async def relay(self, frame: AudioFrame, *, droppable: bool) -> None:
+        """Publish a packet of someone's live stream as the room's audio."""
+        await self._hub.publish(self.audio_channel, frame, droppable=droppable)
 
     async def _publish_frame(self) -> None:
         await self._hub.publish(self.status_channel, LedFrame(self.frame), droppable=True)
@@ -460,12 +470,12 @@ class Room:
                     self.driving = False
                     with contextlib.suppress(HubError):
                         await cluster.release(self.id)
-            elif self.state is RoomState.PLAYING:
+            else:
                 # This hub's copy only: the stored record is the store's to
                 # keep (for the hub that serves the room next) or to forget.
-                if self.stream_id is not None:
-                    await self._end_stream(self.stream_id, StreamEnd.CLOSED)
-                self.state = RoomState.IDLE
+                self.state, actions = step(self.state, Input.CLOSE)
+                if Action.END_STREAM in actions and self.stream_id is not None:
+                    await self._end_stream(self.stream_id, END_REASONS[Input.CLOSE])
 
 
 class LiveFeed:
@@ -500,12 +510,11 @@ class LiveFeed:
             frame_seconds=self.frame_seconds,
         )
         self._seq += 1
-        await self.room._hub.publish(self.room.audio_channel, frame, droppable=not first)
+        await self.room.relay(frame, droppable=not first)
         return True
 
     async def end(self) -> None:
-        async with self.room._lock:
-            await self.room._apply(Input.ENDED, self.stream_id)
+        await self.room.stream_over(self.stream_id, Input.ENDED)
 
 
 class Rooms:

@@ -195,8 +195,8 @@ async def test_redis_restarted_again_and_again_leaks_no_connection(
     channel = await cluster.channel(hub)
     stream = await opened(channel, await login(channel, "alice"))
     process = psutil.Process(hub.proc.popen.pid)
-    before = process.num_fds()
-    for _ in range(4):
+    counts = []
+    for _ in range(5):
         redis_server.restart()
         hub.proc.expect(r".*redis: reconnected after .*", seconds=15)
         ended = await stream.end(seconds=15)
@@ -204,6 +204,9 @@ async def test_redis_restarted_again_and_again_leaks_no_connection(
         stream = await opened(channel, await login(channel, "alice"))
         await stream.send("still here")
         assert await read_messages(stream, 1) == [("alice", "still here")]
-    # Sockets to the old Redis are closed, not kept: a pooled spare or two at most.
-    assert process.num_fds() <= before + 2
+        counts.append(process.num_fds())
+    # Sockets to the old Redis are closed, not kept. The first round sets the
+    # pool's size (how many commands ran at once, which load varies); four
+    # more restarts add a pooled spare or two at most, not sockets by restart.
+    assert counts[-1] <= counts[0] + 2, counts
     assert hub.alive

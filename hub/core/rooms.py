@@ -344,7 +344,11 @@ class Room:
                 self.version = -1
                 self.followed.clear()
             # Lost news (Redis restarted, or out of reach): try again shortly.
-            await asyncio.sleep(cluster.renew)
+            await self._pause(cluster.renew)
+
+    async def _pause(self, seconds: float) -> None:
+        clock = self._hub.clock
+        await clock.sleep_until(clock.monotonic() + seconds)
 
     def _heard(self, record: RoomRecord) -> None:
         if self._take(record) and self.driving:
@@ -375,7 +379,7 @@ class Room:
                 log.warning("%s: another hub drives the room now", self.id)
                 self.driving = False
                 self._stop_player()
-            await asyncio.sleep(cluster.renew)  # the lease's renewal period
+            await self._pause(cluster.renew)  # the lease's renewal period
 
     async def _take_over(self) -> None:
         """This hub drives the room from now on: a sound left playing starts again here."""

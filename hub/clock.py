@@ -1,10 +1,17 @@
-"""Time as an injectable dependency, so pacing and expiry are testable."""
+"""Time as an injectable dependency, so pacing, expiry and grace are testable."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Protocol
+
+
+class Timer(Protocol):
+    """A callback due later; ``cancel`` makes sure it never runs."""
+
+    def cancel(self) -> None: ...
 
 
 class Clock(Protocol):
@@ -16,6 +23,9 @@ class Clock(Protocol):
 
     async def sleep_until(self, deadline: float) -> None:
         """Return once ``monotonic()`` has reached ``deadline``."""
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
+        """Run ``callback`` once ``delay`` seconds have passed, on the running loop."""
 
 
 class SystemClock:
@@ -31,3 +41,6 @@ class SystemClock:
         # the loop read sockets between packets, or it starves everyone else.
         delay = deadline - time.monotonic()
         await asyncio.sleep(delay if delay > 0 else 0)
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
+        return asyncio.get_running_loop().call_later(max(0.0, delay), callback)

@@ -132,6 +132,12 @@ async def wait_subscribers(hub: Hub, count: int) -> None:
     await eventually(lambda: hub.subscriber_count(CHANNEL) == count, f"{count} chat subscribers")
 
 
+async def without_streams(hub: Hub, token: str) -> None:
+    """Until the token's session holds no stream at ``hub``: its grace runs from here."""
+    session = await hub.sessions.authenticate(token)
+    await eventually(lambda: not session.streams, f"{session.name}'s streams closed")
+
+
 def chat_stub(channel: grpc.aio.Channel) -> chat_pb2_grpc.ChatStub:
     return chat_pb2_grpc.ChatStub(channel)  # type: ignore[no-untyped-call]
 

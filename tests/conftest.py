@@ -19,8 +19,11 @@ Their types (``ServedHub``, ``ServeHub``, ``OpenChannel``), the constants, the
 wait helpers (``timeout``, ``eventually``), ``settings_param`` for a settings
 fixture and the ``no_errors_logged`` fixture (autouse where imported) live in
 ``chat_helpers``: import that, never ``conftest`` (each test folder has its
-own). The one fake clock is ``fake_clock.FakeClock``. Every timeout is a
-sanity bound scaled by ``HUB_TEST_TIMEOUT_FACTOR``.
+own). The one fake clock is ``fake_clock.FakeClock`` (``clock_from_now()``
+for a hub whose timestamps must look recent): given to a hub, its grace,
+expiry, linger and flash timers run only when the test moves time on, so a
+test of them waits no real second. Every timeout is a sanity bound scaled by
+``HUB_TEST_TIMEOUT_FACTOR``.
 """
 
 from __future__ import annotations

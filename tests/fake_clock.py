@@ -5,14 +5,30 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
+from collections.abc import Callable
+
+
+class FakeTimer:
+    """A ``hub.clock.Timer`` on virtual time."""
+
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class FakeClock:
     """A ``hub.clock.Clock`` on virtual time, for tests that must not wait.
 
-    ``now`` is read and may be moved on directly, or with ``advance``/``set``.
+    ``now`` is read, and moved on with ``advance``/``set``, which wake every
+    sleeper and run every timer now due, in the order they fall due.
     ``wall()`` is ``wall_offset + now``. ``sleep_until``: with ``auto_advance``
-    (the default) it jumps virtual time to the deadline, then yields to the
+    (the default) it moves virtual time to the deadline, then yields to the
     loop once, so cancellation and other tasks still get their turn; without,
     sleepers wait until the test moves time on with ``advance`` or ``set``.
     """
@@ -25,6 +41,7 @@ class FakeClock:
         self.wall_offset = wall_offset
         self.sleep_calls = 0
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._timers: list[tuple[float, int, FakeTimer]] = []
         self._order = itertools.count()
 
     def monotonic(self) -> float:
@@ -36,17 +53,27 @@ class FakeClock:
     async def sleep_until(self, deadline: float) -> None:
         self.sleep_calls += 1
         if self.auto_advance or deadline <= self.now:
-            self.now = max(self.now, deadline)
+            self.set(max(self.now, deadline))
             await asyncio.sleep(0)
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (deadline, next(self._order), waiter))
         await waiter
 
+    def call_later(self, delay: float, callback: Callable[[], object]) -> FakeTimer:
+        timer = FakeTimer(callback)
+        heapq.heappush(self._timers, (self.now + max(0.0, delay), next(self._order), timer))
+        return timer
+
     @property
     def sleepers(self) -> int:
         """How many tasks are waiting for virtual time to move on."""
         return sum(1 for _, _, waiter in self._sleepers if not waiter.done())
+
+    @property
+    def timers(self) -> int:
+        """How many timers are due later (not yet run, not cancelled)."""
+        return sum(1 for _, _, timer in self._timers if not timer.cancelled)
 
     def advance(self, seconds: float) -> None:
         if seconds < 0:
@@ -54,11 +81,24 @@ class FakeClock:
         self.set(self.now + seconds)
 
     def set(self, now: float) -> None:
-        """Move virtual time to ``now`` and wake every sleeper now due."""
+        """Move virtual time to ``now``: wake every sleeper and run every timer now due."""
         if now < self.now:
             raise ValueError("time does not go backwards")
+        # A timer runs with the clock at its own deadline, as on a real loop;
+        # one it schedules (due by ``now``) runs in this same call.
+        while self._timers and self._timers[0][0] <= now:
+            due, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                self.now = max(self.now, due)
+                timer.cancelled = True  # run once
+                timer.callback()
         self.now = now
         while self._sleepers and self._sleepers[0][0] <= now:
             _, _, waiter = heapq.heappop(self._sleepers)
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def clock_from_now(*, auto_advance: bool = True) -> FakeClock:
+    """Virtual time whose wall time starts at the real now (timestamps look recent)."""
+    return FakeClock(1000.0, auto_advance=auto_advance, wall_offset=time.time() - 1000.0)

@@ -32,6 +32,7 @@ from tests.chat_helpers import (
     logout,
     timeout,
 )
+from tests.fake_clock import clock_from_now
 
 pytestmark = pytest.mark.asyncio
 
@@ -181,12 +182,13 @@ async def test_logout_ends_the_sessions_watch(
 async def test_expiry_ends_the_sessions_watch(
     serve_hub: ServeHub, open_channel: OpenChannel
 ) -> None:
-    # The real lifetime runs on the event loop's timer: 1 s (up to 2, rounded).
-    settings = Settings(chat=ChatSettings(password=PASSWORD, token_ttl=1.0))
-    served = await serve_hub(settings, library=LIBRARY)
+    clock = clock_from_now()
+    settings = Settings(chat=ChatSettings(password=PASSWORD, token_ttl=60.0))
+    served = await serve_hub(settings, clock=clock, library=LIBRARY)
     channel = open_channel(served.address)
     call = watch(channel, await login(channel, "alice"), "hall")
     assert "idle, mode 1" in (await asyncio.wait_for(call.read(), timeout())).text
+    clock.advance(62.0)  # the token's lifetime, rounded up to a whole second
     assert await watch_ended(call) == (grpc.StatusCode.UNAUTHENTICATED, "token expired")
     await eventually(
         lambda: served.hub.subscriber_count(status_channel("hall")) == 0, "no watcher left"

@@ -14,11 +14,20 @@ from hypothesis import strategies as st
 
 from hub.core.broker import MemoryBroker, PublicationHandler
 from hub.core.chat import CHANNEL, check_message, check_name
-from hub.core.events import LeaveReason, ServerShutdown, UserJoined, UserLeft, UserMessage
+from hub.core.events import (
+    AudioFrame,
+    LeaveReason,
+    ServerShutdown,
+    StreamEnd,
+    UserJoined,
+    UserLeft,
+    UserMessage,
+)
 from hub.core.hub import Hub
 from hub.core.observer import Observer, Unobserved
 from hub.core.publication import Publication
 from hub.core.ratelimit import TokenBucket
+from hub.core.roomstate import Input, RoomState
 from hub.core.roomstore import STREAM_ID_LIMIT, MemoryRoomStore
 from hub.core.subscription import Overflow, Subscription
 from hub.core.tokens import TokenIssuer, load_secret
@@ -545,3 +554,35 @@ async def test_stream_ids_go_round_within_u32_and_never_are_0() -> None:
     store = MemoryRoomStore(first_stream_id=STREAM_ID_LIMIT - 2)
     ids = [await store.new_stream_id() for _ in range(3)]
     assert ids == [STREAM_ID_LIMIT - 2, STREAM_ID_LIMIT - 1, 1]
+
+
+@pytest.mark.asyncio
+async def test_a_room_forgotten_while_it_plays_ends_its_stream_as_closed() -> None:
+    """Nobody hears a watcher's Play: after the linger the room goes, and its
+    stream ends with the end mark ``closed`` (the room's table: PLAYING, CLOSE)."""
+    from hub.audio.library import SoundLibrary
+    from hub.audio.sources import long_sound
+
+    clock = FakeClock(auto_advance=False)  # the sound plays on until time moves
+    hub = Hub(
+        Settings(chat=ChatSettings(password="pw")),
+        clock=clock,
+        secret=SECRET,
+        library=SoundLibrary({0: long_sound(5.0)}),
+    )
+    await hub.start()
+    room = hub.rooms.get("porch")
+    async with hub.subscribe(room.audio_channel, maxlen=512, overflow=Overflow.DISCONNECT) as audio:
+        await room.press(Input.PLAY)
+        assert room.state is RoomState.PLAYING and room.lingering
+        playing = room.stream_id
+        clock.advance(hub.rooms.linger)
+        assert "porch" not in hub.rooms
+        while True:
+            frame = (await asyncio.wait_for(anext(audio), timeout())).event
+            assert isinstance(frame, AudioFrame) and frame.stream_id == playing
+            if frame.is_end:
+                break
+        assert frame.end_reason is StreamEnd.CLOSED
+        assert room.state is RoomState.IDLE
+    await hub.close()

@@ -28,11 +28,12 @@ from hub.audio.library import SoundLibrary
 from hub.audio.opus import OpusSettings, silence_packet
 from hub.audio.player import play
 from hub.audio.sources import FileSound, Sound
+from hub.clock import Timer
 from hub.core import leds
 from hub.core.events import AudioFrame, LedFrame, RoomChanged, RoomNotice, StreamEnd
 from hub.core.fanout import Fanout
 from hub.core.observer import Observer, Unobserved
-from hub.core.roomstate import ABOUT_A_STREAM, Action, Input, RoomRecord, RoomState
+from hub.core.roomstate import ABOUT_A_STREAM, Action, Input, RoomRecord, RoomState, step
 from hub.core.roomstore import MemoryRoomStore, RoomCluster, RoomStore
 from hub.core.subscription import Overflow
 from hub.errors import HubError, InvalidArgument, Unavailable
@@ -114,6 +115,7 @@ END_REASONS = {
     Input.STOP: StreamEnd.STOPPED,
     Input.ENDED: StreamEnd.FINISHED,
     Input.FAILED: StreamEnd.ERROR,
+    Input.CLOSE: StreamEnd.CLOSED,
 }
 
 
@@ -142,7 +144,7 @@ class Room:
         self._player: asyncio.Task[None] | None = None
         self._playing: int | None = None  # the stream the player plays
         self._lock = asyncio.Lock()
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: Timer | None = None
         self._live_title = ""
         self._sharing: list[asyncio.Task[None]] = []
         self.followed = asyncio.Event()  # the copy of the record is current
@@ -265,8 +267,17 @@ class Room:
             on_release=functools.partial(self._rooms.observer.paced, "room"),
         )
         outcome = Input.ENDED if played else Input.FAILED
+        await self.stream_over(stream_id, outcome)
+
+    async def stream_over(self, stream_id: int, outcome: Input) -> None:
+        """The stream ``stream_id`` ran out (ENDED) or broke (FAILED): the room steps,
+        unless the stream was cut already (then the news is stale)."""
         async with self._lock:
             await self._apply(outcome, stream_id)
+
+    async def relay(self, frame: AudioFrame, *, droppable: bool) -> None:
+        """Publish a packet of someone's live stream as the room's audio."""
+        await self._hub.publish(self.audio_channel, frame, droppable=droppable)
 
     async def _publish_frame(self) -> None:
         await self._hub.publish(self.status_channel, LedFrame(self.frame), droppable=True)
@@ -324,7 +335,11 @@ class Room:
                 self.version = -1
                 self.followed.clear()
             # Lost news (Redis restarted, or out of reach): try again shortly.
-            await asyncio.sleep(cluster.renew)
+            await self._pause(cluster.renew)
+
+    async def _pause(self, seconds: float) -> None:
+        clock = self._hub.clock
+        await clock.sleep_until(clock.monotonic() + seconds)
 
     def _heard(self, record: RoomRecord) -> None:
         if self._take(record) and self.driving:
@@ -355,7 +370,7 @@ class Room:
                 log.warning("%s: another hub drives the room now", self.id)
                 self.driving = False
                 self._stop_player()
-            await asyncio.sleep(cluster.renew)  # the lease's renewal period
+            await self._pause(cluster.renew)  # the lease's renewal period
 
     async def _take_over(self) -> None:
         """This hub drives the room from now on: a sound left playing starts again here."""
@@ -422,11 +437,16 @@ class Room:
             log.warning("%s: %s not counted across hubs (%s)", self.id, what, error)
             return None
 
+    @property
+    def lingering(self) -> bool:
+        """Empty, and due to be forgotten after the linger unless someone joins."""
+        return self._expiry is not None
+
     def linger(self) -> None:
         """Be forgotten after the linger, unless someone joins first."""
         if self.members == 0 and self._expiry is None:
-            self._expiry = asyncio.get_running_loop().call_later(
-                self._rooms.linger, self._rooms.forget, self
+            self._expiry = self._hub.clock.call_later(
+                self._rooms.linger, functools.partial(self._rooms.forget, self)
             )
 
     async def close(self) -> None:
@@ -445,12 +465,12 @@ class Room:
                     self.driving = False
                     with contextlib.suppress(HubError):
                         await cluster.release(self.id)
-            elif self.state is RoomState.PLAYING:
+            else:
                 # This hub's copy only: the stored record is the store's to
                 # keep (for the hub that serves the room next) or to forget.
-                if self.stream_id is not None:
-                    await self._end_stream(self.stream_id, StreamEnd.CLOSED)
-                self.state = RoomState.IDLE
+                self.state, actions = step(self.state, Input.CLOSE)
+                if Action.END_STREAM in actions and self.stream_id is not None:
+                    await self._end_stream(self.stream_id, END_REASONS[Input.CLOSE])
 
 
 class LiveFeed:
@@ -485,12 +505,11 @@ class LiveFeed:
             frame_seconds=self.frame_seconds,
         )
         self._seq += 1
-        await self.room._hub.publish(self.room.audio_channel, frame, droppable=not first)
+        await self.room.relay(frame, droppable=not first)
         return True
 
     async def end(self) -> None:
-        async with self.room._lock:
-            await self.room._apply(Input.ENDED, self.stream_id)
+        await self.room.stream_over(self.stream_id, Input.ENDED)
 
 
 class Rooms:

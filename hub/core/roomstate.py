@@ -22,7 +22,9 @@ must do. ``Room`` (rooms.py) executes the actions; nothing else decides.
     ERROR    LIVE        PLAYING  start live stream
     PLAYING  RESUME      PLAYING  end stream, start stream (another hub takes
                                    over a room whose driver died mid-sound)
-    IDLE/ERROR ENDED/FAILED/RESUME  same -  (a stale stream's news: ignored)
+    PLAYING  CLOSE       IDLE     end stream (this hub closes its copy of the
+                                   room; the stored record is not stepped)
+    IDLE/ERROR ENDED/FAILED/RESUME/CLOSE  same -  (nothing plays: nothing to do)
 
 A live stream is audio someone publishes into the room (a microphone, a
 file sent over TCP); it ends like a sound does (ENDED when the publisher
@@ -52,6 +54,9 @@ class Input(enum.Enum):
     # The hub that took over a room (its driver died) starts the sound again:
     # the old stream's end, then a new one, so every listener's stays well formed.
     RESUME = "resume"
+    # This hub closes the room (forgotten after the linger, or at shutdown):
+    # its copy stops playing; the stored record is the store's to keep.
+    CLOSE = "close"
 
 
 class Action(enum.Enum):
@@ -86,6 +91,7 @@ TRANSITIONS: dict[tuple[RoomState, Input], tuple[RoomState, tuple[Action, ...]]]
         RoomState.PLAYING,
         (Action.END_STREAM, Action.START_STREAM),
     ),
+    (RoomState.PLAYING, Input.CLOSE): (RoomState.IDLE, (Action.END_STREAM,)),
 }
 
 # Inputs that speak of one stream: news of another is stale.

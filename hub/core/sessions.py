@@ -22,14 +22,14 @@ hub's streams of it.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hub.clock import Clock
+from hub.clock import Clock, Timer
 from hub.core.events import LeaveReason
 from hub.core.ratelimit import TokenBucket
 from hub.core.tokens import TokenIssuer
@@ -294,8 +294,8 @@ class MemoryPresenceStore:
         self._grace = grace
         self._clock = clock
         self._on_due: DueHandler | None = None
-        self._departures: dict[str, asyncio.TimerHandle] = {}
-        self._expiries: dict[str, asyncio.TimerHandle] = {}
+        self._departures: dict[str, Timer] = {}
+        self._expiries: dict[str, Timer] = {}
 
     def start(self, on_due: DueHandler) -> None:
         self._on_due = on_due
@@ -305,12 +305,9 @@ class MemoryPresenceStore:
             self._on_due(session_id, reason)
 
     def track(self, record: SessionRecord) -> None:
-        loop = asyncio.get_running_loop()
-        self._expiries[record.id] = loop.call_later(
-            max(0.0, record.expires - self._clock.wall()),
-            self._fire,
-            record.id,
-            LeaveReason.EXPIRED,
+        self._expiries[record.id] = self._clock.call_later(
+            record.expires - self._clock.wall(),
+            functools.partial(self._fire, record.id, LeaveReason.EXPIRED),
         )
         # A session that never opens a stream is gone after the grace too.
         self.leave(record.id)
@@ -324,8 +321,8 @@ class MemoryPresenceStore:
         if session_id not in self._expiries:
             return  # ended already
         self.arrive(session_id)
-        self._departures[session_id] = asyncio.get_running_loop().call_later(
-            self._grace, self._fire, session_id, LeaveReason.GONE
+        self._departures[session_id] = self._clock.call_later(
+            self._grace, functools.partial(self._fire, session_id, LeaveReason.GONE)
         )
 
     def forget(self, session_id: str) -> None:

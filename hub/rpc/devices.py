@@ -263,7 +263,6 @@ class DeviceService:
     ) -> Responses:
         room, session = await self._room(context)
         peer = context.peer()
-        loop = asyncio.get_running_loop()
         updates = DeviceFrames(
             room.status_channel,
             maxlen=STATUS_QUEUE,
@@ -286,7 +285,9 @@ class DeviceService:
                     # frame, then flash its state LED to show it has connected.
                     yield encode_frame(room.frame)
                     yield encode_frame(leds.flashed(room.frame))
-                    restore = loop.call_later(leds.FLASH_SECONDS, self._restore, room, updates)
+                    restore = self._hub.clock.call_later(
+                        leds.FLASH_SECONDS, functools.partial(self._restore, room, updates)
+                    )
                     try:
                         async for pub in updates:
                             if isinstance(pub.event, LedFrame):

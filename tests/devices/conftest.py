@@ -24,10 +24,12 @@ import pytest_asyncio
 import soundfile as sf
 from chat_helpers import SECRET, no_errors_logged, run_hub, settings_param  # noqa: F401
 from device_helpers import DeviceHub, NewDevice, StartHub, device_hub_settings
+from fake_clock import clock_from_now
 from stock_device import StockDevice
 
 from hub.audio.library import SoundLibrary
 from hub.audio.sources import SAMPLE_RATE, FileSound, GeneratedSound, render_long_arpeggio
+from hub.clock import Clock
 from hub.core.hub import Hub
 from hub.settings import Settings
 
@@ -74,10 +76,14 @@ async def start_hub(device_library: SoundLibrary) -> AsyncIterator[StartHub]:
     async with AsyncExitStack() as stack:
 
         async def start(
-            settings: Settings | None = None, *, library: SoundLibrary | None = None
+            settings: Settings | None = None,
+            *,
+            library: SoundLibrary | None = None,
+            clock: Clock | None = None,
         ) -> DeviceHub:
             hub = Hub(
                 settings or device_hub_settings(),
+                clock=clock,
                 secret=SECRET,
                 library=library or device_library,
             )
@@ -87,9 +93,21 @@ async def start_hub(device_library: SoundLibrary) -> AsyncIterator[StartHub]:
         yield start
 
 
+@pytest.fixture
+def hub_clock(request: pytest.FixtureRequest) -> Clock | None:
+    """The served hub's clock: the system's, or with ``indirect`` parameter
+    "fake" the tests' ``FakeClock``, which moves only when the test says (so
+    that a room's player waits for it too)."""
+    if getattr(request, "param", None) == "fake":
+        return clock_from_now(auto_advance=False)
+    return None
+
+
 @pytest_asyncio.fixture
-async def served(start_hub: StartHub, device_settings: Settings) -> DeviceHub:
-    return await start_hub(device_settings)
+async def served(
+    start_hub: StartHub, device_settings: Settings, hub_clock: Clock | None
+) -> DeviceHub:
+    return await start_hub(device_settings, clock=hub_clock)
 
 
 @pytest_asyncio.fixture

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from chat_helpers import PASSWORD, ServedHub, eventually
+from fake_clock import FakeClock
 from stock_device import Played, StockDevice, wait_all
 
 from hub.audio.sources import Pcm
@@ -57,6 +58,11 @@ class DeviceHub(ServedHub):
         the test waits for the hub's count so that a Play pressed next is heard
         from its first packet.
         """
+        clock = self.hub.clock
+        if isinstance(clock, FakeClock):
+            # The flash ends on the hub's clock: time moves when the test says.
+            await wait_all(devices, lambda d: len(d.frames) >= 2, what="the flash")
+            clock.advance(leds.FLASH_SECONDS)
         await wait_all(devices, lambda d: len(d.frames) >= 3, what="the connect frames")
         rooms: dict[str, int] = {}
         for device in devices:

@@ -17,9 +17,9 @@ from device_helpers import (
     TONE_C,
     DeviceHub,
     NewDevice,
-    device_hub_settings,
     frame,
 )
+from fake_clock import FakeClock
 from stock_device import StockDevice, wait_all
 
 from hub.core.roomstate import RoomState
@@ -212,15 +212,20 @@ async def test_the_last_device_leaving_stops_the_sound(
     assert device.packets == []
 
 
-@pytest.mark.parametrize("device_settings", [device_hub_settings(linger=0.2)], indirect=True)
+@pytest.mark.parametrize("hub_clock", ["fake"], indirect=True)
 async def test_an_empty_room_forgets_its_mode_after_the_linger(
-    served: DeviceHub, new_device: NewDevice
+    served: DeviceHub, new_device: NewDevice, hub_clock: FakeClock
 ) -> None:
+    linger = served.hub.rooms.linger
     device = await new_device(served.address, ROOM)
     await served.ready([device])
     assert await device.mode() is True
     await device.wait_for(lambda: device.shows(frame(IDLE, TONE_A)))
     await device.disconnect()
+    await eventually(lambda: served.room(ROOM).lingering, "the room empty, lingering")
+    hub_clock.advance(linger - 1.0)
+    assert ROOM in served.hub.rooms  # not before the linger
+    hub_clock.advance(1.0)
     await eventually(lambda: ROOM not in served.hub.rooms, "the room forgotten")
     await device.connect()
     await served.ready([device])

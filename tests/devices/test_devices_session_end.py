@@ -19,6 +19,7 @@ import grpc
 import pytest
 from chat_helpers import PASSWORD, eventually, login, logout, timeout
 from device_helpers import IDLE, NewDevice, StartHub, device_hub_settings, frame
+from fake_clock import clock_from_now
 from stock_device import StockDevice
 
 from hub.proto import comms_pb2
@@ -106,16 +107,17 @@ async def test_logout_ends_every_stream_of_a_device_with_the_token(
 async def test_expiry_ends_every_stream_of_a_device_with_the_token(
     start_hub: StartHub, new_device: NewDevice
 ) -> None:
-    # The real lifetime runs on the event loop's timer: 1 s (up to 2, rounded).
     settings = Settings(
-        chat=ChatSettings(password=PASSWORD, token_ttl=1.0),
+        chat=ChatSettings(password=PASSWORD, token_ttl=60.0),
         devices=DeviceSettings(require_token=True),
     )
-    served = await start_hub(settings)
+    clock = clock_from_now(auto_advance=False)
+    served = await start_hub(settings, clock=clock)
     async with grpc.aio.insecure_channel(served.address) as channel:
         token = await login(channel, "alice")
     device = await new_device(served.address, ROOM, token=token, check=False)
     await served.ready([device])
+    clock.advance(62.0)  # the token's lifetime, rounded up to a whole second
     await ended(device, "token expired")
     await eventually(lambda: served.listeners(ROOM) == (0, 0), "nobody left in the room")
     assert served.room(ROOM).members == 0

@@ -17,9 +17,9 @@ from device_helpers import (
     TONE_A,
     DeviceHub,
     NewDevice,
-    device_hub_settings,
     frame,
 )
+from fake_clock import FakeClock
 from stock_device import wait_all
 
 from hub.proto import chat_pb2, chat_pb2_grpc
@@ -157,9 +157,9 @@ def room_tasks(room: str) -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if t.get_name().startswith(f"room {room} ")]
 
 
-@pytest.mark.parametrize("device_settings", [device_hub_settings(linger=0.3)], indirect=True)
+@pytest.mark.parametrize("hub_clock", ["fake"], indirect=True)
 async def test_rooms_opened_by_watchers_are_forgotten_and_stop_playing(
-    served: DeviceHub, new_device: NewDevice, channel: grpc.aio.Channel
+    served: DeviceHub, new_device: NewDevice, channel: grpc.aio.Channel, hub_clock: FakeClock
 ) -> None:
     """Press and Watch open rooms nobody joins: they must not pile up, nor play on."""
     token = await login(channel, "frank")
@@ -167,6 +167,8 @@ async def test_rooms_opened_by_watchers_are_forgotten_and_stop_playing(
     watcher = Watcher(channel, "elsewhere", token)
     assert await watcher.text_of("elsewhere") == "idle, mode 1: long, 0 here"
     assert room_tasks(ROOM)  # the long sound plays to nobody, for now
+    assert served.room(ROOM).lingering and served.room("elsewhere").lingering
+    hub_clock.advance(served.hub.rooms.linger)
     await eventually(
         lambda: ROOM not in served.hub.rooms and "elsewhere" not in served.hub.rooms,
         "both rooms forgotten after the linger",

@@ -42,6 +42,10 @@ EXPECTED: dict[tuple[RoomState, Input], tuple[RoomState, tuple[Action, ...]]] = 
     (IDLE, Input.RESUME): (IDLE, ()),
     (PLAYING, Input.RESUME): (PLAYING, (END, START)),
     (ERROR, Input.RESUME): (ERROR, ()),
+    # This hub closes its copy of the room: a stream playing ends, nothing else.
+    (IDLE, Input.CLOSE): (IDLE, ()),
+    (PLAYING, Input.CLOSE): (IDLE, (END,)),
+    (ERROR, Input.CLOSE): (ERROR, ()),
 }
 
 

@@ -20,6 +20,7 @@ from collections import Counter, deque
 from typing import cast
 
 from hub.audio.music import MusicFolder
+from hub.clock import Timer
 from hub.core.hub import Hub
 from hub.core.ratelimit import TokenBucket
 from hub.core.sessions import Session
@@ -172,12 +173,12 @@ class ClientConnection(asyncio.Protocol):
             self.settings.request_rate, self.settings.request_burst, self.hub.clock
         )
         self._heard = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: Timer | None = None
+        self._handshake_timer: Timer | None = None
         self._peer = ""
         self._welcomed = False
         self._closing = False
-        self._linger: asyncio.TimerHandle | None = None
+        self._linger: Timer | None = None
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -216,18 +217,20 @@ class ClientConnection(asyncio.Protocol):
                 f"too many connections from your address (at most {limit})",
             )
             return
-        loop = asyncio.get_running_loop()
-        self._heard = loop.time()
-        self._idle_timer = loop.call_later(self.settings.idle_timeout, self._check_idle)
+        clock = self.hub.clock
+        self._heard = clock.monotonic()
+        self._idle_timer = clock.call_later(self.settings.idle_timeout, self._check_idle)
         # Its own deadline, which bytes do not reset: the idle timer alone
         # would let a peer that drips HELLO a byte at a time stay for ever.
-        self._handshake_timer = loop.call_later(
+        self._handshake_timer = clock.call_later(
             self.settings.handshake_timeout, self._check_handshake
         )
-        self._handler = loop.create_task(self._serve(), name=f"tcp client {self.id}")
+        self._handler = asyncio.get_running_loop().create_task(
+            self._serve(), name=f"tcp client {self.id}"
+        )
 
     def data_received(self, data: bytes) -> None:
-        self._heard = asyncio.get_running_loop().time()
+        self._heard = self.hub.clock.monotonic()
         self.codec.receive_data(data)
         self._take_events()
 
@@ -269,12 +272,12 @@ class ClientConnection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _check_idle(self) -> None:
-        loop = asyncio.get_running_loop()
-        silent = loop.time() - self._heard
+        clock = self.hub.clock
+        silent = clock.monotonic() - self._heard
         if silent >= self.settings.idle_timeout:
             self.fail(proto.ErrorCode.TIMEOUT, f"nothing heard for {silent:.0f} s")
         else:
-            self._idle_timer = loop.call_later(
+            self._idle_timer = clock.call_later(
                 self.settings.idle_timeout - silent, self._check_idle
             )
 
@@ -366,7 +369,7 @@ class ClientConnection(asyncio.Protocol):
         linger = self.settings.idle_timeout
         if not self._welcomed:
             linger = min(linger, self.settings.handshake_timeout)
-        self._linger = asyncio.get_running_loop().call_later(linger, transport.abort)
+        self._linger = self.hub.clock.call_later(linger, transport.abort)
 
     def abort(self) -> None:
         """Drop the connection now, whatever is still queued."""

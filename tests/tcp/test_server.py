@@ -862,3 +862,22 @@ async def test_a_publisher_is_warned_of_excess_once_a_second_of_the_hubs_clock(
     warnings = publisher.errors(ErrorCode.RATE_LIMITED)
     assert len(warnings) == 2
     assert all(refused(e, ErrorCode.RATE_LIMITED, FrameType.AUDIO) for e in warnings)
+
+
+async def test_idle_and_handshake_deadlines_run_on_the_hubs_clock(
+    serve: Serve, connect: Connect
+) -> None:
+    clock = FakeClock(0.0, auto_advance=False)  # no real second passes here
+    settings = StreamSettings(idle_timeout=30.0, handshake_timeout=10.0)
+    served = await serve(settings, clock=clock)
+    silent = await connect(served.address)
+    before_hello = await connect(served.address, hello=False)
+    pinging = await connect(served.address)
+    for nonce in range(7):  # a PING every 5 s of the clock, past the idle timeout
+        pinging.send(Ping(nonce))
+        assert (await pinging.next(Pong)).nonce == nonce
+        clock.advance(5.0)
+    # 35 s on: the stranger went at 10 s, the silent client at 30 s.
+    assert (await before_hello.fatal_error()).code is ErrorCode.TIMEOUT
+    assert (await silent.fatal_error()).code is ErrorCode.TIMEOUT
+    assert not pinging.closed

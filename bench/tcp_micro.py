@@ -10,12 +10,12 @@ frames. Variants (``--variant``, comma list), each timed in turn, interleaved
 ``--rounds`` times so a busy machine disturbs them alike:
 
 - ``current``: the hub as it is (``RoomListener.deliver`` ->
-  ``ClientConnection.send_frame`` -> ``Connection.send`` -> ``_write``).
+  ``ClientConnection.send_frame`` -> ``Connection.send`` -> ``write``).
 - ``fastsend``: the same, but ``Connection.send`` takes a fast path for a
   prepared AUDIO frame of the open downlink stream in READY (the state check
   is the same; it skips the generic rule lookup): a proposal.
 - ``fastdeliver``: ``RoomListener.deliver`` writes a prepared AUDIO frame of
-  the listener's current stream straight to ``_write`` after the same checks
+  the listener's current stream straight to ``write`` after the same checks
   (state READY, downlink = the frame's stream): a proposal.
 - ``write``: only ``transport.write`` of the bytes to every listener (the
   floor: the asyncio transport and the kernel's loopback TCP).
@@ -74,7 +74,7 @@ def _fast_deliver(original: Any) -> Any:
             codec = client.codec
             if codec._state is ready and codec._slots[0] == frame.stream_id:
                 if client._transport is not None:
-                    client._write(pub.encoded(downlink.tcp_audio).data, droppable=pub.droppable)
+                    client.write(pub.encoded(downlink.tcp_audio).data, droppable=pub.droppable)
                 return
         original(self, pub)
 

@@ -32,7 +32,6 @@ KNOWN: dict[tuple[str, str], str] = {
             "codec._state",
             "codec._slots",
             "client._transport",
-            "client._write",
         )
     },
     **{

@@ -47,11 +47,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from hub.backplane.errors import unreachable
 from hub.backplane.keys import Keys
 from hub.core import codec
 from hub.core.broker import HistoryLost, PublicationHandler
 from hub.core.publication import Position, Publication
-from hub.errors import Unavailable
 from hub.settings import BackplaneSettings
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,7 @@ class RedisBroker:
                 ],
             )
         except RedisError as error:
-            log.warning("%s: cannot publish: redis: %s", channel, error)
-            raise Unavailable("the backplane (Redis) is out of reach") from None
+            raise unreachable(f"publish to {channel}", error) from None
         cursor = self._cursors.get(channel)
         if cursor is not None and cursor.epoch != _text(epoch):
             # Redis came back empty before the read loop noticed: say so now.
@@ -152,8 +151,7 @@ class RedisBroker:
         try:
             cursor = await self._start_position(channel)
         except RedisError as error:
-            log.warning("%s: cannot subscribe: redis: %s", channel, error)
-            raise Unavailable("the backplane (Redis) is out of reach") from None
+            raise unreachable(f"subscribe to {channel}", error) from None
         self._cursors[channel] = cursor
         await self._wake_reader()
 

@@ -21,10 +21,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
+from hub.backplane.errors import unreachable
 from hub.backplane.keys import Keys
 from hub.core.roomstate import Action, Input, RoomRecord, RoomState, advance, step
 from hub.core.roomstore import STREAM_ID_LIMIT
-from hub.errors import Unavailable
 from hub.settings import BackplaneSettings
 
 _STARTS = (Action.START_STREAM, Action.START_LIVE)
@@ -53,7 +53,7 @@ class RedisRoomStore:
         try:
             return _record(await self._redis.hgetall(self._keys.room(room_id)))
         except RedisError as error:
-            raise Unavailable(f"the backplane (Redis) is out of reach: {error}") from None
+            raise unreachable(f"read room {room_id}", error) from None
 
     async def step(
         self,
@@ -94,20 +94,20 @@ class RedisRoomStore:
                     except WatchError:
                         continue  # another hub stepped the room first: again, on its record
         except RedisError as error:
-            raise Unavailable(f"the backplane (Redis) is out of reach: {error}") from None
+            raise unreachable(f"step room {room_id}", error) from None
 
     async def new_stream_id(self) -> int:
         try:
             value = int(await self._redis.incr(self._keys.stream_ids))
         except RedisError as error:
-            raise Unavailable(f"the backplane (Redis) is out of reach: {error}") from None
+            raise unreachable("number a stream", error) from None
         return value % STREAM_ID_LIMIT or 1
 
     async def forget(self, room_id: str) -> None:
         try:
             await self._redis.delete(self._keys.room(room_id))
         except RedisError as error:
-            raise Unavailable(f"the backplane (Redis) is out of reach: {error}") from None
+            raise unreachable(f"forget room {room_id}", error) from None
 
 
 # KEYS: lease; ARGV: hub, ttl ms. 1 if the hub holds the lease (taken or renewed).
@@ -174,14 +174,14 @@ class RedisRoomCluster:
                 keys=[self._keys.room_driver(room_id)], args=[self._hub_id, self._lease_ms]
             )
         except RedisError as error:
-            raise Unavailable(f"the backplane (Redis) is out of reach: {error}") from None
+            raise unreachable(f"hold the lease of room {room_id}", error) from None
         return bool(held)
 
     async def release(self, room_id: str) -> None:
         try:
             await self._release(keys=[self._keys.room_driver(room_id)], args=[self._hub_id])
         except RedisError as error:
-            raise Unavailable(f"the backplane (Redis) is out of reach: {error}") from None
+            raise unreachable(f"release the lease of room {room_id}", error) from None
 
     async def join(self, room_id: str) -> int:
         return await self._members(room_id, 1)
@@ -199,5 +199,5 @@ class RedisRoomCluster:
                 args=[self._hub_id, change, self._keys.prefix],
             )
         except RedisError as error:
-            raise Unavailable(f"the backplane (Redis) is out of reach: {error}") from None
+            raise unreachable(f"count the members of room {room_id}", error) from None
         return int(total)

@@ -32,10 +32,10 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from hub.backplane.errors import unreachable
 from hub.backplane.keys import Keys
 from hub.core.events import LeaveReason
 from hub.core.sessions import DueHandler, SessionRecord
-from hub.errors import Unavailable
 from hub.settings import BackplaneSettings, ChatSettings
 
 log = logging.getLogger(__name__)
@@ -155,11 +155,6 @@ return {gone, expired}
 )
 
 
-def _unreachable(what: str, error: Exception) -> Unavailable:
-    log.warning("cannot %s: redis: %s", what, error)
-    return Unavailable("the backplane (Redis) is out of reach")
-
-
 class RedisSessionStore:
     def __init__(self, redis: aioredis.Redis, keys: Keys, chat: ChatSettings) -> None:
         self._redis = redis
@@ -181,7 +176,7 @@ class RedisSessionStore:
                 if created:
                     return SessionRecord(session_id, name, expires)
         except RedisError as error:
-            raise _unreachable("create a session", error) from None
+            raise unreachable("create a session", error) from None
 
     async def get(self, session_id: str) -> SessionRecord | None:
         try:
@@ -189,7 +184,7 @@ class RedisSessionStore:
                 self._keys.session(session_id), ["name", "expires"]
             )
         except RedisError as error:
-            raise _unreachable("look a session up", error) from None
+            raise unreachable("look a session up", error) from None
         if name is None or expires is None:
             return None
         return SessionRecord(session_id, _text(name), float(expires))
@@ -207,7 +202,7 @@ class RedisSessionStore:
                 ]
             )
         except RedisError as error:
-            raise _unreachable("end a session", error) from None
+            raise unreachable("end a session", error) from None
         if not record:
             return None
         name, expires = record
@@ -222,7 +217,7 @@ class RedisSessionStore:
                 args=[self._chat.rate_per_second, self._chat.rate_burst],
             )
         except RedisError as error:
-            raise _unreachable("check the rate limit", error) from None
+            raise unreachable("check the rate limit", error) from None
         return bool(allowed)
 
 

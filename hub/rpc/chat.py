@@ -124,7 +124,7 @@ class ChatService:
             await self._hub.chat.logout(request.token)
         except HubError as error:
             self._metrics.logout(outcome_of(error))
-            await abort(context, error)
+            raise  # the call's status (hub.rpc.methods)
         self._metrics.logout("ok")
         return chat_pb2.LogoutResponse().SerializeToString()
 

@@ -18,14 +18,13 @@ from hub.core.rooms import Room
 from hub.core.roomstate import Input
 from hub.core.sessions import Session
 from hub.core.subscription import Overflow
-from hub.errors import HubError, InvalidArgument, SlowConsumer
+from hub.errors import InvalidArgument, SlowConsumer
 from hub.logs import set_context
 from hub.metrics import ROOMS, Metrics
 from hub.proto import chat_pb2
 from hub.rpc.chat import session_of
 from hub.rpc.methods import Methods, Responses
 from hub.rpc.sessionbound import bound_to
-from hub.rpc.status import abort
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +92,12 @@ class RoomsService:
     async def press(
         self, request: chat_pb2.PressRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
-        try:
-            session = await self._session(context)
-            room = await self._hub.rooms.open(request.room)
-            given = BUTTONS.get(request.button)
-            if given is None:
-                raise InvalidArgument(f"unknown button {request.button}")
-        except HubError as error:
-            await abort(context, error)
+        # A HubError raised here is the call's status (hub.rpc.methods).
+        session = await self._session(context)
+        room = await self._hub.rooms.open(request.room)
+        given = BUTTONS.get(request.button)
+        if given is None:
+            raise InvalidArgument(f"unknown button {request.button}")
         log.info("%s: pressed %s in room %s", session.id, given.value, room.id)
         await room.press(given)
         return chat_pb2.PressResponse(state=describe(room)).SerializeToString()

@@ -56,9 +56,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("tests/devices/test_devices_gate.py", "queue._queue"): (
         "issue 12.3: DeviceAudio re-implements Subscription; its queue goes with it"
     ),
-    # The backplane: being reworked (issue 12.4); its tests' reach goes with that work.
-    ("tests/cluster/test_redis_broker.py", "broker._handler"): "issue 12.4 (backplane)",
-    ("tests/cluster/test_redis_broker.py", "b._handler"): "issue 12.4 (backplane)",
 }
 
 

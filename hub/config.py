@@ -353,7 +353,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_connections_per_peer",
         _number_kind(1, whole=True),
         _stream.max_connections_per_peer,
-        "TCP connections one peer address may hold",
+        "TCP connections one peer address (IPv6: one /64) may hold",
         STREAMING,
     ),
     Option(

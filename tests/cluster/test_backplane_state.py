@@ -9,10 +9,9 @@ heartbeat (SADD) while the reader goes on, so the two disagree for a while.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 from cluster_helpers import RedisServer
 from fake_clock import FakeClock
@@ -49,17 +48,8 @@ class Heard:
         )
 
 
-@pytest_asyncio.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 async def test_the_backplane_is_up_only_while_every_part_reaches_redis(
-    redis_server: RedisServer, admin: aioredis.Redis
+    redis_server: RedisServer, redis_client: aioredis.Redis
 ) -> None:
     clock = FakeClock(0.0, auto_advance=False)  # beats and backoffs only when the test says
     backplane = Backplane(redis_server.url, Settings(), clock=clock)
@@ -72,14 +62,14 @@ async def test_the_backplane_is_up_only_while_every_part_reaches_redis(
         beat = await clock.next_wake()  # the heartbeat, one period on
         assert beat - clock.now == Settings().backplane.heartbeat
 
-        await admin.execute_command("ACL", "SETUSER", "default", "-sadd")
+        await redis_client.execute_command("ACL", "SETUSER", "default", "-sadd")
         clock.set(beat)  # the heartbeat beats, and fails
         beat = await clock.next_wake()  # ... and waits for its next period
         assert heard.states == [False] and not backplane.up
 
         # The reader loses its connection and finds Redis again: it reads,
         # but the heartbeat still fails, so the backplane stays down.
-        await admin.client_kill_filter(_type="normal", skipme=True)
+        await redis_client.client_kill_filter(_type="normal", skipme=True)
         retry = await clock.next_wake(sleepers=2)  # the reader's backoff, before the beat
         assert retry < beat
         clock.set(retry)
@@ -87,7 +77,7 @@ async def test_the_backplane_is_up_only_while_every_part_reaches_redis(
         await heard.wait_for("the reader reads again", lambda: heard.texts == ["hi"])
         assert heard.states == [False] and not backplane.up
 
-        await admin.execute_command("ACL", "SETUSER", "default", "+sadd")
+        await redis_client.execute_command("ACL", "SETUSER", "default", "+sadd")
         clock.set(beat)  # the heartbeat gets through: every part is up
         await heard.wait_for("up again", lambda: len(heard.states) == 2)
         assert heard.states == [False, True] and backplane.up

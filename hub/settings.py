@@ -135,6 +135,16 @@ class BackplaneSettings:
     # gets three tries to renew before its lease lapses (a busy machine).
     room_lease: float = 1.2
     room_renew: float = 0.4
+    # Every key of a device room (its record, its hubs and members, its
+    # channels) expires this long after the room's driver last renewed its
+    # lease. Rooms are dropped from Redis by the last hub that forgets one
+    # (after its linger); this is the safety net for rooms whose every hub
+    # was killed, which nobody forgets: they go about as late as a room left
+    # empty at a hub does (the linger's default, 600 s). A live room is
+    # refreshed every room_renew, so it loses its keys only if its hubs are
+    # cut off from Redis for this long, and then it starts over as after a
+    # Redis restart.
+    room_ttl: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,7 +107,7 @@ class Backplane:
             clock=self.clock,
             on_state=functools.partial(self._state, "heartbeat"),
         )
-        self.room_store = RedisRoomStore(self.commands, keys)
+        self.room_store = RedisRoomStore(self.commands, keys, backplane)
         self.rooms = RedisRoomCluster(self.commands, keys, self.hub_id, backplane)
 
     @property

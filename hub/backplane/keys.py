@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hub.core.rooms import audio_channel, status_channel
+
 
 class Keys:
     """Key names under one prefix (several clusters may share one Redis)."""
@@ -51,8 +53,16 @@ class Keys:
         return f"{self.prefix}room-driver:{room_id}"
 
     def room_members(self, room_id: str) -> str:
-        """Members of the room per hub (hub id -> count)."""
+        """The hubs that have the room open, with its members at each (hub id -> count)."""
         return f"{self.prefix}room-members:{room_id}"
+
+    def room_channels(self, room_id: str) -> list[str]:
+        """The keys of the room's two channels (stream, epoch, offset of each)."""
+        return [
+            key
+            for channel in (status_channel(room_id), audio_channel(room_id))
+            for key in (self.stream(channel), self.epoch(channel), self.offset(channel))
+        ]
 
     def alive(self, hub_id: str) -> str:
         return f"{self.prefix}alive:{hub_id}"

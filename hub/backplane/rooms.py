@@ -9,8 +9,19 @@ ids come from one counter (INCR), unique across hubs.
 
 ``RedisRoomCluster`` holds the rest (``roomstore.RoomCluster``): the lease of
 the hub that drives a room (``SET NX PX``, renewed by its holder only, in one
-script) and the room's members, counted per hub so that members of a hub
-that died stop counting as soon as its liveness key has expired.
+script) and the hubs that have the room open, with its members at each, so
+that members of a hub that died stop counting as soon as its liveness key
+has expired.
+
+A room's keys go when the last hub that has it open closes it (after its
+linger): one script drops the hub from the room's hubs and, if no live hub
+is left there and no other hub holds the lease, deletes every key of the
+room (record, hubs, lease, both channels). A hub opens a room by adding
+itself to its hubs before it subscribes or reads the record, so a hub
+opening the room as another forgets it finds either the old record (the
+script saw it and kept everything) or none (a fresh room). Every key of a
+room expires ``room_ttl`` after the driver last renewed its lease: rooms of
+hubs that were killed go too.
 """
 
 from __future__ import annotations
@@ -45,9 +56,12 @@ def _record(raw: Mapping[Any, Any]) -> RoomRecord:
 
 
 class RedisRoomStore:
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, settings: BackplaneSettings | None = None
+    ) -> None:
         self._redis = redis
         self._keys = keys
+        self._ttl_ms = _ms((settings or BackplaneSettings()).room_ttl)
 
     async def get(self, room_id: str) -> RoomRecord:
         try:
@@ -89,6 +103,9 @@ class RedisRoomStore:
                                 "version": after.version,
                             },
                         )
+                        # Made here, the record must not outlive its room
+                        # should this hub die before the driver refreshes it.
+                        pipe.pexpire(key, self._ttl_ms)
                         await pipe.execute()
                         return before, after, actions
                     except WatchError:
@@ -110,18 +127,23 @@ class RedisRoomStore:
             raise unreachable(f"forget room {room_id}", error) from None
 
 
-# KEYS: lease; ARGV: hub, ttl ms. 1 if the hub holds the lease (taken or renewed).
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+# KEYS: lease, then the room's other keys; ARGV: hub, lease ms, room ttl ms.
+# 1 if the hub holds the lease (taken or renewed): it keeps the room's keys.
 DRIVE = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not holder then
+elseif not holder then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+else
+  return 0
 end
-return 0
+for i = 2, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+return 1
 """
 
 # KEYS: lease; ARGV: hub.
@@ -130,14 +152,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-# KEYS: members; ARGV: hub, change, prefix. The members on live hubs; a dead
-# hub's count is dropped here (its liveness key expired).
+# KEYS: members; ARGV: hub, change, prefix, room ttl ms. The members on live
+# hubs; this hub has the room open (its field stays, 0 when it has no
+# member), and a dead hub's field is dropped here (its liveness key expired).
 COUNT = """
-if tonumber(ARGV[2]) ~= 0 then
-  if redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2]) <= 0 then
-    redis.call('HDEL', KEYS[1], ARGV[1])
-  end
+if redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2]) < 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], 0)
 end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 local total = 0
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
@@ -151,6 +173,21 @@ end
 return total
 """
 
+# KEYS: members, lease, then the room's other keys; ARGV: hub, prefix. This
+# hub has closed the room: 1 if no live hub has it open any more and no other
+# hub drives it, and every key of the room is deleted.
+FORGET = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if redis.call('EXISTS', ARGV[2] .. 'alive:' .. fields[i]) == 1 then return 0 end
+end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('DEL', unpack(KEYS))
+return 1
+"""
+
 
 class RedisRoomCluster:
     def __init__(
@@ -158,11 +195,13 @@ class RedisRoomCluster:
     ) -> None:
         self._keys = keys
         self._hub_id = hub_id
-        self._lease_ms = max(1, round(settings.room_lease * 1000))
+        self._lease_ms = _ms(settings.room_lease)
+        self._ttl_ms = _ms(settings.room_ttl)
         self._renew = settings.room_renew
         self._drive = redis.register_script(DRIVE)
         self._release = redis.register_script(RELEASE)
         self._count = redis.register_script(COUNT)
+        self._forget = redis.register_script(FORGET)
 
     @property
     def renew(self) -> float:
@@ -171,7 +210,8 @@ class RedisRoomCluster:
     async def drive(self, room_id: str) -> bool:
         try:
             held = await self._drive(
-                keys=[self._keys.room_driver(room_id)], args=[self._hub_id, self._lease_ms]
+                keys=[self._keys.room_driver(room_id), *self._room_keys(room_id)],
+                args=[self._hub_id, self._lease_ms, self._ttl_ms],
             )
         except RedisError as error:
             raise unreachable(f"hold the lease of room {room_id}", error) from None
@@ -182,6 +222,25 @@ class RedisRoomCluster:
             await self._release(keys=[self._keys.room_driver(room_id)], args=[self._hub_id])
         except RedisError as error:
             raise unreachable(f"release the lease of room {room_id}", error) from None
+
+    def _room_keys(self, room_id: str) -> list[str]:
+        """Every key of the room but its lease."""
+        keys = self._keys
+        return [keys.room_members(room_id), keys.room(room_id), *keys.room_channels(room_id)]
+
+    async def open(self, room_id: str) -> None:
+        await self._members(room_id, 0)
+
+    async def close(self, room_id: str) -> bool:
+        members, *rest = self._room_keys(room_id)
+        try:
+            gone = await self._forget(
+                keys=[members, self._keys.room_driver(room_id), *rest],
+                args=[self._hub_id, self._keys.prefix],
+            )
+        except RedisError as error:
+            raise unreachable(f"close room {room_id}", error) from None
+        return bool(gone)
 
     async def join(self, room_id: str) -> int:
         return await self._members(room_id, 1)
@@ -196,7 +255,7 @@ class RedisRoomCluster:
         try:
             total = await self._count(
                 keys=[self._keys.room_members(room_id)],
-                args=[self._hub_id, change, self._keys.prefix],
+                args=[self._hub_id, change, self._keys.prefix, self._ttl_ms],
             )
         except RedisError as error:
             raise unreachable(f"count the members of room {room_id}", error) from None

@@ -296,8 +296,12 @@ class Room:
         ]
 
     async def _follow(self, cluster: RoomCluster) -> None:
+        await self._rooms.settled(self.id)
         while True:
             try:
+                # Open here before anything is read: the hub that forgets the
+                # room last drops its record only while no hub has it open.
+                await cluster.open(self.id)
                 async with self._hub.subscribe(
                     self.status_channel,
                     # Only the newest record matters; older ones may go.
@@ -354,6 +358,7 @@ class Room:
             self._start_player(self.stream_id, self.mode)
 
     async def _lease(self, cluster: RoomCluster) -> None:
+        await self._rooms.settled(self.id)
         while True:
             try:
                 driving = await cluster.drive(self.id)
@@ -427,6 +432,7 @@ class Room:
         cluster = self._rooms.cluster
         if cluster is None:
             return self.members
+        await self._rooms.settled(self.id)
         try:
             return await (cluster.join(self.id) if change > 0 else cluster.leave(self.id))
         except HubError as error:
@@ -536,6 +542,9 @@ class Rooms:
         self.linger = linger
         self.silence = silence_packet(self.opus)
         self._rooms: dict[str, Room] = {}
+        # Rooms forgotten here whose closing is not over yet, by id: a room
+        # opened again meanwhile waits for it (see ``settled``).
+        self._closing: dict[str, asyncio.Event] = {}
 
     def encoded(self, sound: Sound) -> EncodedSound:
         """``sound`` as this hub's Opus packets, encoded once for every listener."""
@@ -604,23 +613,58 @@ class Rooms:
         if room.members == 0 and self._rooms.get(room.id) is room:
             del self._rooms[room.id]
             log.info("room %s closed after %.0f s empty", room.id, self.linger)
+            closed = asyncio.Event()
+            earlier = self._closing.get(room.id)
+            self._closing[room.id] = closed
             # Nobody hears it, yet it may still play (a watcher's Press, a
             # live feed): left running, its player would go on publishing into
             # the channel of the next room of that name, which cannot stop it.
-            self.fanout.spawn(self._close(room))
+            self.fanout.spawn(self._close(room, earlier, closed))
 
-    async def _close(self, room: Room) -> None:
-        # Stop it first: dropping the record may fail (the store out of
-        # reach), and the room must not play on because of that.
-        await room.close()
-        # Shared, the record is the cluster's: it stays while the room is
-        # open at another hub (it is small, and a device coming back finds
-        # its mode).
-        if room.id not in self._rooms and self.cluster is None:  # not opened again meanwhile
-            try:
-                await self.store.forget(room.id)
-            except HubError as error:
-                log.warning("room %s: its record stays (%s)", room.id, error)
+    async def settled(self, room_id: str) -> None:
+        """Wait until the rooms of this name forgotten here are closed.
+
+        Shared, closing a room tells the cluster this hub no longer has it
+        open (and may drop its record): a room of the same name opened here
+        meanwhile says it has it open only after that, or its word would be
+        taken back by the old room's closing.
+        """
+        closing = self._closing.get(room_id)
+        if closing is not None:
+            await closing.wait()
+
+    async def _close(
+        self, room: Room, earlier: asyncio.Event | None, closed: asyncio.Event
+    ) -> None:
+        try:
+            # Stop it first: dropping the record may fail (the store out of
+            # reach), and the room must not play on because of that.
+            await room.close()
+            if earlier is not None:
+                await earlier.wait()
+            if self.cluster is not None:
+                await self._leave_cluster(room.id, self.cluster)
+            elif room.id not in self._rooms:  # not opened again meanwhile
+                try:
+                    await self.store.forget(room.id)
+                except HubError as error:
+                    log.warning("room %s: its record stays (%s)", room.id, error)
+        finally:
+            closed.set()
+            if self._closing.get(room.id) is closed:
+                del self._closing[room.id]
+
+    async def _leave_cluster(self, room_id: str, cluster: RoomCluster) -> None:
+        """Shared, the record is the cluster's: it stays while another hub has the
+        room open (a device coming back there finds its mode), and goes with the
+        last hub that forgets it, as one hub forgets a room."""
+        try:
+            gone = await cluster.close(room_id)
+        except HubError as error:
+            log.warning("room %s: its record stays until it expires (%s)", room_id, error)
+            return
+        if gone:
+            log.info("room %s: its record is gone from every hub", room_id)
 
     async def close(self) -> None:
         for room in list(self._rooms.values()):

@@ -86,7 +86,11 @@ class RoomCluster(Protocol):
     right to drive is a lease the driver renews every ``renew`` seconds; when
     it lapses (the driver died), another hub with the room open takes it.
     Members are counted per hub, so the cluster knows when a room is empty
-    everywhere. In one process there is nothing of this: no ``RoomCluster``.
+    everywhere. Each hub that has the room open says so (``open``) before it
+    reads the record, and ``close`` when it forgets the room: the last to
+    close it drops the record and everything else of the room, as one hub
+    forgets a room after its linger. In one process there is nothing of
+    this: no ``RoomCluster``.
     """
 
     @property
@@ -98,6 +102,14 @@ class RoomCluster(Protocol):
 
     async def release(self, room_id: str) -> None:
         """Give the lease up (if this hub holds it), for another hub to take at once."""
+
+    async def open(self, room_id: str) -> None:
+        """This hub has the room open: the room's record stays until this hub closes it."""
+
+    async def close(self, room_id: str) -> bool:
+        """This hub has forgotten the room: if no live hub has it open any more, nor
+        drives it, its record and every other key of it go, in one atomic step.
+        Whether they went."""
 
     async def join(self, room_id: str) -> int:
         """One more member here: the members of the room on every live hub."""

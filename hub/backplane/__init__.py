@@ -62,12 +62,18 @@ class Backplane:
         # that is down refuses that at once too, so the client hears
         # UNAVAILABLE without delay. Not on timeouts: the script may have run.
         retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-        self.commands = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=backplane.connect_timeout,
-            socket_timeout=backplane.command_timeout,
-            retry=retry,
-            retry_on_error=[RedisConnectionError],
+        # Commands beyond the pool's connections wait for one (up to a
+        # command's timeout) rather than fail: a thousand rooms opened in a
+        # flood linger out, renew and close together.
+        self.commands = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                url,
+                timeout=backplane.command_timeout,
+                socket_connect_timeout=backplane.connect_timeout,
+                socket_timeout=backplane.command_timeout,
+                retry=retry,
+                retry_on_error=[RedisConnectionError],
+            )
         )
         # XREAD blocks its connection for up to ``block``: a connection of its own.
         self.reader = aioredis.Redis.from_url(

@@ -46,6 +46,11 @@ ROOM_ID_MAX = 64
 # Shared by several hubs, a room opened here reads its record before it
 # serves; longer than a Redis command's own timeout, so that one comes first.
 FOLLOW_TIMEOUT = 5.0
+# Rooms closing at once. Rooms opened in a flood linger out together; shared,
+# each close takes Redis commands, and a thousand at once would take every
+# connection of the backplane's pool (100), failing their own closes (whose
+# keys would then wait for their expiry) and every other command meanwhile.
+CLOSING_AT_ONCE = 8
 
 
 def check_room_id(room_id: str | None) -> str:
@@ -545,6 +550,7 @@ class Rooms:
         # Rooms forgotten here whose closing is not over yet, by id: a room
         # opened again meanwhile waits for it (see ``settled``).
         self._closing: dict[str, asyncio.Event] = {}
+        self._closing_slots = asyncio.Semaphore(CLOSING_AT_ONCE)
 
     def encoded(self, sound: Sound) -> EncodedSound:
         """``sound`` as this hub's Opus packets, encoded once for every listener."""
@@ -637,18 +643,19 @@ class Rooms:
         self, room: Room, earlier: asyncio.Event | None, closed: asyncio.Event
     ) -> None:
         try:
-            # Stop it first: dropping the record may fail (the store out of
-            # reach), and the room must not play on because of that.
-            await room.close()
             if earlier is not None:
                 await earlier.wait()
-            if self.cluster is not None:
-                await self._leave_cluster(room.id, self.cluster)
-            elif room.id not in self._rooms:  # not opened again meanwhile
-                try:
-                    await self.store.forget(room.id)
-                except HubError as error:
-                    log.warning("room %s: its record stays (%s)", room.id, error)
+            async with self._closing_slots:
+                # Stop it first: dropping the record may fail (the store out
+                # of reach), and the room must not play on because of that.
+                await room.close()
+                if self.cluster is not None:
+                    await self._leave_cluster(room.id, self.cluster)
+                elif room.id not in self._rooms:  # not opened again meanwhile
+                    try:
+                        await self.store.forget(room.id)
+                    except HubError as error:
+                        log.warning("room %s: its record stays (%s)", room.id, error)
         finally:
             closed.set()
             if self._closing.get(room.id) is closed:

@@ -53,9 +53,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("hub/config.py", "argparse._ArgumentGroup"): (
         "issue 12: argparse exports no public type for a group"
     ),
-    ("tests/devices/test_devices_gate.py", "queue._queue"): (
-        "issue 12.3: DeviceAudio re-implements Subscription; its queue goes with it"
-    ),
     # The backplane: being reworked (issue 12.4); its tests' reach goes with that work.
     ("tests/cluster/test_redis_broker.py", "broker._handler"): "issue 12.4 (backplane)",
     ("tests/cluster/test_redis_broker.py", "b._handler"): "issue 12.4 (backplane)",

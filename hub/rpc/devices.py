@@ -63,7 +63,7 @@ BUTTONS: dict[int, Input] = {
 
 # Queue bounds per device. Audio: 25 packets of 20 ms is half a second; a
 # device further behind than that skips the oldest audio and catches up
-# (see DeviceAudio for the marks). Status: only the newest LED frame matters,
+# (see SkipAhead for the marks). Status: only the newest LED frame matters,
 # so a short queue that drops old frames suffices.
 AUDIO_QUEUE = 25
 STATUS_QUEUE = 8

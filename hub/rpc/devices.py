@@ -117,10 +117,10 @@ class DeviceAudio(Subscription):
     """One device's ServerAudioStream queue: gated as it fills, bounded, never cut.
 
     The AudioGate runs as each packet is delivered, so the queue holds exactly
-    what the device will be sent, each packet flagged for it; a full queue
+    what the device will be sent, each packet flagged for it. A full queue
     skips ahead (``SkipAhead``: plain packets, then whole streams) and never
-    disconnects the device, whose audio would then be deaf until Connect is
-    pressed twice.
+    disconnects the device: ending ServerAudioStream would leave the stock
+    client deaf until Connect is pressed twice.
     """
 
     def __init__(

@@ -516,9 +516,6 @@ def analyse(sc: Scenario, args: argparse.Namespace, m: dict[str, Any]) -> dict[s
         "parse": args.parse,
         "client_nice": args.client_nice,
         "io": args.io,
-        "server_variant": ",".join(
-            e.partition("=")[2] for e in args.server_env if e.startswith("BENCH_TCP_VARIANT=")
-        ),
         "connected": m["connected"],
         "connect_failures": m["connect_failures"],
         "connect_s": m["connect_s"],
@@ -636,7 +633,6 @@ def describe(res: dict[str, Any]) -> str:
         f"== {res['scenario']}: {res['listeners']} TCP listeners in room {ROOM!r}"
         f" ({res['listener_processes']} procs at nice {res['client_nice']}, io"
         f" {res['io']}, parse {res['parse']})"
-        + (f"; server variant {res['server_variant']}" if res["server_variant"] else "")
         + "; connected"
         f" {res['connected']} in {res['connect_s']} s, joined {res['joined']};"
         f" long sound selected: {res['long_sound_selected']}",

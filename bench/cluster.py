@@ -319,7 +319,7 @@ def logout_across(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
             hub.stop()
         redis.stop()
     p99 = float(np.percentile(times, 99))
-    res = {
+    res: dict[str, Any] = {
         "part": "logout",
         "rounds": int(times.size),
         "ms": {

@@ -319,7 +319,7 @@ def _subscriber_raw(conn: Connection, cfg: dict[str, Any]) -> None:
 
     import grpc
 
-    from bench.h2client import GrpcStreamReader, SocketTransport
+    from bench.h2client import GrpcStreamReader
 
     n = cfg["n"]
     address = cfg["address"]
@@ -352,9 +352,8 @@ def _subscriber_raw(conn: Connection, cfg: dict[str, Any]) -> None:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setblocking(False)
         reader = GrpcStreamReader(
-            address, STREAM, [(TOKEN_HEADER, token)], stats.on_message, stats.on_end
+            sock, address, STREAM, [(TOKEN_HEADER, token)], stats.on_message, stats.on_end
         )
-        reader.connection_made(SocketTransport(sock))
         readers[sock.fileno()] = (sock, reader)
         poller.register(sock.fileno(), select.EPOLLIN)
     pipe = conn.fileno()

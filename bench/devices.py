@@ -9,7 +9,7 @@ spawned processes that run one asyncio loop each.
 Each listener is its own ServerAudioStream call with ``device_id`` metadata;
 every ``--status-every``-th one also opens StatusStream and answers each
 ``set`` with ``status="success"``. The default client (``--client raw``,
-bench/devices_h2.py) puts ``--per-conn`` devices' calls on one HTTP/2
+bench/h2wire.py's GrpcMux on asyncio) puts ``--per-conn`` devices' calls on one HTTP/2
 connection and reads them without a coroutine per message, so 1,000 listeners
 at 50 packets/s cost the shared two cores little; ``--client aio`` uses a
 grpc.aio channel per ``--per-conn`` devices instead. Listeners do not parse
@@ -327,7 +327,8 @@ async def _listener_main(conn: Connection, cfg: dict[str, Any]) -> None:
     import grpc
     import opuslib
 
-    from bench.devices_h2 import GrpcMux, MuxProtocol
+    from bench.devices_h2 import MuxProtocol
+    from bench.h2wire import GrpcMux
 
     loop = asyncio.get_running_loop()
     inbox = _inbox(conn)

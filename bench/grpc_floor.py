@@ -191,7 +191,7 @@ def subscribe(port: int, n: int, conn: Connection) -> None:
     says which sequence numbers each server counted, and this process answers
     with the counted lines' latencies and, per stream, its server and count.
     """
-    from bench.h2client import GrpcStreamReader, SocketTransport
+    from bench.h2client import GrpcStreamReader
 
     servers: array[int] = array("q")
     seqs: array[int] = array("q")
@@ -217,8 +217,9 @@ def subscribe(port: int, n: int, conn: Connection) -> None:
         sock = socket.create_connection(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
-        reader = GrpcStreamReader(f"127.0.0.1:{port}", STREAM, [], on_message_of(stream), on_end)
-        reader.connection_made(SocketTransport(sock))
+        reader = GrpcStreamReader(
+            sock, f"127.0.0.1:{port}", STREAM, [], on_message_of(stream), on_end
+        )
         readers[sock.fileno()] = (sock, reader)
         poller.register(sock.fileno(), select.EPOLLIN)
     pipe = conn.fileno()

@@ -632,8 +632,7 @@ def describe(res: dict[str, Any]) -> str:
     lines = [
         f"== {res['scenario']}: {res['listeners']} TCP listeners in room {ROOM!r}"
         f" ({res['listener_processes']} procs at nice {res['client_nice']}, io"
-        f" {res['io']}, parse {res['parse']})"
-        + "; connected"
+        f" {res['io']}, parse {res['parse']})" + "; connected"
         f" {res['connected']} in {res['connect_s']} s, joined {res['joined']};"
         f" long sound selected: {res['long_sound_selected']}",
         f"   server CPU       {res['server_cpu_pct']:.0f}% of a core over {res['window_s']:.1f} s"

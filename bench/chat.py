@@ -44,6 +44,7 @@ from bench.common import (
     end_workers,
     expect,
     finish,
+    free_port,
     machine_busy,
     mark,
     ms,
@@ -583,10 +584,7 @@ class Server(HubProcess):
         self._scraping = threading.Event()
         if metrics:
             # A port picked here: the hub does not say which one it bound for port 0.
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
-            self.metrics_url = f"http://127.0.0.1:{port}/metrics"
+            self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
 
     def start(self) -> None:  # type: ignore[override]
         metrics = (

@@ -18,6 +18,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -200,6 +201,13 @@ def shut_doors(module: str, cwd: str | None) -> tuple[str, ...]:
         timeout=60,
     ).stdout
     return tuple(x for flag in ("--stream-address",) if flag in text for x in (flag, "none"))
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1: bound to port 0, read, closed (a door for the hub)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def raise_fd_limit() -> None:

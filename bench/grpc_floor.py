@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench.common import wait_quiet
+from bench.common import free_port, wait_quiet
 
 STREAM = "/chat.Chat/Stream"
 CORES = os.cpu_count() or 1
@@ -256,12 +256,6 @@ def subscribe(port: int, n: int, conn: Connection) -> None:
 # -- one run -----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _cpu(pids: list[int]) -> float:
     import psutil
 
@@ -274,7 +268,7 @@ def _cpu(pids: list[int]) -> float:
 
 def run(cfg: Config) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     servers = []
     for index in range(cfg.procs):
         ours, theirs = ctx.Pipe()

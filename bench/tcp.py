@@ -34,7 +34,6 @@ import multiprocessing as mp
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from bench.common import (
     columns,
     end_workers,
     finish,
+    free_port,
     latencies,
     machine_busy,
     mark,
@@ -96,12 +96,6 @@ def make_music(folder: Path) -> None:
         wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.1 * np.sin(2 * np.pi * 1.5 * freq * t)
         wave *= 0.75 + 0.25 * np.sin(2 * np.pi * 0.5 * t)
         sf.write(folder / name, wave.astype(np.float32), rate, subtype="PCM_16")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the server under test ------------------------------------------------------

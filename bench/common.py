@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -391,6 +391,57 @@ def start_py_spy(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+# -- audio scenarios (bench.tcp, bench.devices) -------------------------------------
+
+
+@dataclass(frozen=True)
+class AudioScenario:
+    """N listeners on one room stream of ``frame_ms`` packets."""
+
+    listeners: int
+    frame_ms: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.listeners}@{self.frame_ms:g}ms"
+
+
+def quietest_run(run: Callable[[], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """``run()``, and again while its window had more other load than
+    ``--noisy-pct`` (``--retry-noisy`` times at most): the run with the least
+    other load, marked ``noisy`` if even that had too much."""
+    res = run()
+    retries = 0
+    while res["other_load_pct"] > args.noisy_pct and retries < args.retry_noisy:
+        retries += 1
+        print(
+            f"   ({res['scenario']}: other load {res['other_load_pct']:.0f}% of a"
+            f" core during the window: running it again, {retries}/{args.retry_noisy})",
+            flush=True,
+        )
+        again = run()
+        if again["other_load_pct"] < res["other_load_pct"]:
+            res = again
+    res["noisy"] = res["other_load_pct"] > args.noisy_pct
+    return res
+
+
+def underrun_and_noise_lines(res: dict[str, Any]) -> list[str]:
+    """The lines an audio scenario's description ends with, where they apply."""
+    lines = []
+    if res["underrun_instants"]:
+        lines.append(
+            "   underrun instants (listeners): "
+            + ", ".join(str(c["listeners"]) for c in res["underrun_instants"])
+        )
+    if res.get("noisy"):
+        lines.append(
+            f"   NOISY: other processes used {res['other_load_pct']:.0f}% of a core"
+            " during the window; figures are pessimistic"
+        )
+    return lines
 
 
 # -- figures -------------------------------------------------------------------

@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import functools
 import multiprocessing as mp
 import os
 import platform
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    AudioScenario,
     HubProcess,
     Worker,
     add_common_options,
@@ -58,11 +60,13 @@ from bench.common import (
     mark,
     ms,
     percentile,
+    quietest_run,
     raise_fd_limit,
     server_env,
     shut_doors,
     start_py_spy,
     start_spread,
+    underrun_and_noise_lines,
     underrun_clusters,
     wait_quiet,
     workers_cpu,
@@ -587,15 +591,7 @@ class Server(HubProcess):
 # -- scenarios and targets -----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Scenario:
-    listeners: int
-    frame_ms: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.listeners}@{self.frame_ms:g}ms"
-
+Scenario = AudioScenario
 
 LATENCY_TARGET_MS = 30.0  # Play -> first packet and Stop -> is_end, p99, at 100 listeners
 LATENCY_TARGET_AT = 100
@@ -1021,16 +1017,7 @@ def describe(res: dict[str, Any]) -> str:
     ]
     if res["calls_ended"]:
         lines.append(f"   calls ended      {res['calls_ended']}")
-    if res["underrun_instants"]:
-        lines.append(
-            "   underrun instants (listeners): "
-            + ", ".join(str(c["listeners"]) for c in res["underrun_instants"])
-        )
-    if res.get("noisy"):
-        lines.append(
-            f"   NOISY: other processes used {res['other_load_pct']:.0f}% of a core"
-            " during the window; figures are pessimistic"
-        )
+    lines += underrun_and_noise_lines(res)
     if res["pass"] is not None:
         lines.append(f"   => {'PASS' if res['pass'] else 'FAIL'}")
     return "\n".join(lines)
@@ -1176,24 +1163,11 @@ def main(argv: list[str] | None = None) -> int:
         sc = queue.pop(0)
         for _ in range(args.repeat):
             try:
-                res = run_scenario(sc, args, log_dir)
-                retries = 0
-                while res["other_load_pct"] > args.noisy_pct and retries < args.retry_noisy:
-                    retries += 1
-                    print(
-                        f"   ({res['scenario']}: other load {res['other_load_pct']:.0f}% of a"
-                        f" core during the window: running it again, {retries}/"
-                        f"{args.retry_noisy})",
-                        flush=True,
-                    )
-                    again = run_scenario(sc, args, log_dir)
-                    if again["other_load_pct"] < res["other_load_pct"]:
-                        res = again
+                res = quietest_run(functools.partial(run_scenario, sc, args, log_dir), args)
             except Exception as error:
                 print(f"== {sc.label}: FAILED TO RUN: {type(error).__name__}: {error}", flush=True)
                 results.append({"scenario": sc.label, "error": str(error)})
                 continue
-            res["noisy"] = res["other_load_pct"] > args.noisy_pct
             print(describe(res), flush=True)
             results.append(res)
             fallback = Scenario(REALTIME_TARGET_AT, 60.0)

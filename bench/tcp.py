@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import multiprocessing as mp
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    AudioScenario,
     HubProcess,
     Worker,
     add_common_options,
@@ -57,10 +59,12 @@ from bench.common import (
     mark,
     ms,
     percentile,
+    quietest_run,
     raise_fd_limit,
     server_env,
     start_py_spy,
     start_spread,
+    underrun_and_noise_lines,
     underrun_clusters,
     wait_quiet,
     workers_cpu,
@@ -209,14 +213,7 @@ def _softirq() -> float:
 # -- a scenario ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Scenario:
-    listeners: int
-    frame_ms: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.listeners}@{self.frame_ms:g}ms"
+Scenario = AudioScenario
 
 
 @dataclass
@@ -690,18 +687,9 @@ def describe(res: dict[str, Any]) -> str:
             lines.append(f"   {key:16} {res[key]}")
     if res["violations"]:
         lines.append(f"   violations       {res['violations'][:5]}")
-    if res["underrun_instants"]:
-        lines.append(
-            "   underrun instants (listeners): "
-            + ", ".join(str(c["listeners"]) for c in res["underrun_instants"])
-        )
     if res["server_warnings"]:
         lines.append("   server log: " + " | ".join(res["server_warnings"][-3:])[:400])
-    if res.get("noisy"):
-        lines.append(
-            f"   NOISY: other processes used {res['other_load_pct']:.0f}% of a core"
-            " during the window; figures are pessimistic"
-        )
+    lines += underrun_and_noise_lines(res)
     lines.append(f"   => {'PASS' if res['pass'] else 'FAIL'}")
     return "\n".join(lines)
 
@@ -882,21 +870,11 @@ def main(argv: list[str] | None = None) -> int:
     for sc in scenarios:
         for _ in range(args.repeat):
             try:
-                res = run_scenario(sc, args, work, music)
-                retries = 0
-                while res["other_load_pct"] > args.noisy_pct and retries < args.retry_noisy:
-                    retries += 1
-                    print(
-                        f"   ({sc.label}: other load {res['other_load_pct']:.0f}% of a core"
-                        f" during the window: running it again)",
-                        flush=True,
-                    )
-                    res = run_scenario(sc, args, work, music)
+                res = quietest_run(functools.partial(run_scenario, sc, args, work, music), args)
             except Exception as error:
                 print(f"== {sc.label}: FAILED TO RUN: {type(error).__name__}: {error}", flush=True)
                 results.append({"scenario": sc.label, "error": str(error)})
                 continue
-            res["noisy"] = res["other_load_pct"] > args.noisy_pct
             print(describe(res), flush=True)
             results.append(res)
     ran = [r for r in results if "error" not in r]

@@ -45,13 +45,15 @@ from bench.common import (
     HubProcess,
     Worker,
     add_common_options,
+    attempt,
+    begin,
+    cancel_and_wait,
     columns,
     end_workers,
     expect,
     finish,
     free_port,
     ms,
-    raise_fd_limit,
     wait_quiet,
     workers_cpu,
 )
@@ -411,12 +413,7 @@ async def _room_run(a: HubProcess, b: HubProcess, play_s: float) -> dict[str, An
     killed = time.monotonic()
     a.proc.kill()
     await asyncio.sleep(4.0)  # enough for another hub to take over (lease 1.2 s)
-    for listener in listeners["a"] + listeners["b"]:
-        assert listener.task is not None
-        listener.task.cancel()
-    await asyncio.gather(
-        *(x.task for x in listeners["a"] + listeners["b"] if x.task), return_exceptions=True
-    )
+    await cancel_and_wait(x.task for x in listeners["a"] + listeners["b"] if x.task)
 
     def reach(name: str) -> list[float]:
         return sorted(
@@ -565,8 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     parts = args.part or list(PARTS)
-    raise_fd_limit()
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    log_dir = begin(args, "cluster")
     print(
         f"bench.cluster: {', '.join(parts)}; {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
@@ -583,11 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     describers = {"chat": describe_chat, "logout": describe_logout, "room": describe_room}
     for part in parts:
-        try:
-            got = runs[part]()
-        except Exception as error:
-            print(f"== {part}: FAILED TO RUN: {type(error).__name__}: {error}", flush=True)
-            results.append({"part": part, "error": str(error)})
+        got = attempt(part, runs[part], results, key="part")
+        if got is None:
             continue
         for res in got:
             if part in describers:

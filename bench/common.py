@@ -9,6 +9,7 @@ process's CPU and memory from outside every 100 ms until ``stop``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import json
@@ -21,9 +22,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -219,6 +221,29 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def begin(args: argparse.Namespace, name: str) -> Path:
+    """What every benchmark does first: room for its many sockets, the
+    ``--py-spy`` folder, and a fresh folder for the servers' logs (``finish``
+    removes it unless ``--keep-logs``)."""
+    raise_fd_limit()
+    if args.py_spy:
+        Path(args.py_spy).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+
+
+def attempt(
+    label: str, run: Callable[[], Any], results: list[dict[str, Any]], key: str = "scenario"
+) -> Any:
+    """``run()``'s result, or None once its failure is printed and kept in
+    ``results``: one run that cannot start does not end the suite."""
+    try:
+        return run()
+    except Exception as error:
+        print(f"== {label}: FAILED TO RUN: {type(error).__name__}: {error}", flush=True)
+        results.append({key: label, "error": str(error)})
+        return None
+
+
 def server_env(items: Sequence[str]) -> dict[str, str]:
     """``--server-env KEY=VALUE`` options as a mapping."""
     return dict(item.partition("=")[::2] for item in items)
@@ -313,6 +338,14 @@ def start_spread(
     for w in workers:
         w.start()
     return workers
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel the client tasks and wait until each has ended, however it ends."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def end_workers(workers: list[Worker]) -> None:

@@ -36,7 +36,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -51,6 +50,9 @@ from bench.common import (
     Worker,
     add_common_options,
     ask,
+    attempt,
+    begin,
+    cancel_and_wait,
     columns,
     end_workers,
     expect,
@@ -61,7 +63,6 @@ from bench.common import (
     ms,
     percentile,
     quietest_run,
-    raise_fd_limit,
     server_env,
     shut_doors,
     start_py_spy,
@@ -459,9 +460,7 @@ async def _listener_main(conn: Connection, cfg: dict[str, Any]) -> None:
         lag_task.cancel()
         for protocol in protocols:
             protocol.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await asyncio.gather(*(ch.close() for ch in channels), return_exceptions=True)
 
 
@@ -558,9 +557,7 @@ async def _controller_main(conn: Connection, cfg: dict[str, Any]) -> None:
             elif cmd[0] == "quit":
                 break
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await channel.close()
 
 
@@ -1147,10 +1144,7 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     scenarios = scenarios_from(args)
-    raise_fd_limit()
-    if args.py_spy:
-        Path(args.py_spy).mkdir(parents=True, exist_ok=True)
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-devices-"))
+    log_dir = begin(args, "devices")
     print(
         f"bench.devices: {', '.join(s.label for s in scenarios)}; {args.duration:g} s window,"
         f" {args.cycles} Play/Stop cycles; {os.cpu_count()} CPUs, Python"
@@ -1162,11 +1156,9 @@ def main(argv: list[str] | None = None) -> int:
     while queue:
         sc = queue.pop(0)
         for _ in range(args.repeat):
-            try:
-                res = quietest_run(functools.partial(run_scenario, sc, args, log_dir), args)
-            except Exception as error:
-                print(f"== {sc.label}: FAILED TO RUN: {type(error).__name__}: {error}", flush=True)
-                results.append({"scenario": sc.label, "error": str(error)})
+            run = functools.partial(run_scenario, sc, args, log_dir)
+            res = attempt(sc.label, functools.partial(quietest_run, run, args), results)
+            if res is None:
                 continue
             print(describe(res), flush=True)
             results.append(res)

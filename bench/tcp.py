@@ -37,7 +37,6 @@ import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -50,6 +49,8 @@ from bench.common import (
     Worker,
     add_common_options,
     ask,
+    attempt,
+    begin,
     columns,
     end_workers,
     finish,
@@ -60,7 +61,6 @@ from bench.common import (
     ms,
     percentile,
     quietest_run,
-    raise_fd_limit,
     server_env,
     start_py_spy,
     start_spread,
@@ -852,10 +852,7 @@ def main(argv: list[str] | None = None) -> int:
         for ms in args.frame_ms.split(",")
         for n in args.listeners.split(",")
     ]
-    raise_fd_limit()
-    if args.py_spy:
-        Path(args.py_spy).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-tcp-"))
+    work = begin(args, "tcp")
     music = work / "music"
     music.mkdir()
     make_music(music)
@@ -869,11 +866,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     for sc in scenarios:
         for _ in range(args.repeat):
-            try:
-                res = quietest_run(functools.partial(run_scenario, sc, args, work, music), args)
-            except Exception as error:
-                print(f"== {sc.label}: FAILED TO RUN: {type(error).__name__}: {error}", flush=True)
-                results.append({"scenario": sc.label, "error": str(error)})
+            run = functools.partial(run_scenario, sc, args, work, music)
+            res = attempt(sc.label, functools.partial(quietest_run, run, args), results)
+            if res is None:
                 continue
             print(describe(res), flush=True)
             results.append(res)

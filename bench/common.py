@@ -461,6 +461,20 @@ def quietest_run(run: Callable[[], dict[str, Any]], args: argparse.Namespace) ->
     return res
 
 
+def server_figures(m: dict[str, Any], window: float, listeners: int) -> dict[str, Any]:
+    """The hub's CPU and memory over an audio scenario's window, from what
+    ``run_scenario`` measured (``server_cpu``, ``server_peak_pct``,
+    ``rss_peak``, ``vm_hwm``)."""
+    return {
+        "server_cpu_s": round(m["server_cpu"], 3),
+        "server_cpu_pct": round(100 * m["server_cpu"] / window, 1),
+        "server_cpu_peak_1s_pct": round(m["server_peak_pct"], 1),
+        "server_cpu_per_listener_pct": round(100 * m["server_cpu"] / window / listeners, 4),
+        "server_rss_peak_mb": round(m["rss_peak"] / 2**20, 1),
+        "server_vmhwm_mb": round(m["vm_hwm"], 1) if m["vm_hwm"] is not None else None,
+    }
+
+
 def underrun_and_noise_lines(res: dict[str, Any]) -> list[str]:
     """The lines an audio scenario's description ends with, where they apply."""
     lines = []

@@ -64,6 +64,7 @@ from bench.common import (
     percentile,
     quietest_run,
     server_env,
+    server_figures,
     shut_doors,
     start_py_spy,
     start_spread,
@@ -858,10 +859,7 @@ def analyse(sc: Scenario, args: argparse.Namespace, **m: Any) -> dict[str, Any]:
         "led_frame_after_mode_x5": [f"{x:08X}" for x in m["frame"]] if m["frame"] else None,
         "warm_up_started": m["warm_started"],
         "window_s": round(window, 3),
-        "server_cpu_s": round(m["server_cpu"], 3),
-        "server_cpu_pct": round(100 * m["server_cpu"] / window, 1),
-        "server_cpu_peak_1s_pct": round(m["server_peak_pct"], 1),
-        "server_cpu_per_listener_pct": round(100 * m["server_cpu"] / window / n, 4),
+        **server_figures(m, window, n),
         # CPU per packet delivered (robust to a machine too busy to keep up:
         # CPU time, not wall time), and what N listeners would need at the
         # nominal rate at that cost.
@@ -873,8 +871,6 @@ def analyse(sc: Scenario, args: argparse.Namespace, **m: Any) -> dict[str, Any]:
         )
         if rates
         else None,
-        "server_rss_peak_mb": round(m["rss_peak"] / 2**20, 1),
-        "server_vmhwm_mb": round(m["vm_hwm"], 1) if m["vm_hwm"] is not None else None,
         "listener_cpu_pct": round(100 * m["listener_cpu"] / window, 1),
         "listener_us_per_packet": round(1e6 * m["listener_cpu"] / (sum(rates) * window), 2)
         if rates

@@ -11,6 +11,9 @@ Two kinds of standard input:
 
 Both give ``None`` at the end of input (Ctrl-D, end of file, Ctrl-C), and say
 what they hold that was typed but not yet given out (``unsent``).
+
+The user's stops (``stop_signals``, a key) are events; ``unless_stopped``
+waits on something, or gives it up when one of them is set.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import signal
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import (
     AbstractContextManager,
     ExitStack,
@@ -31,7 +34,7 @@ from contextlib import (
     nullcontext,
     redirect_stdout,
 )
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import Application, get_app_session
@@ -43,6 +46,8 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from hub.lines import Printer
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PROMPT = "> "
 # Lines read ahead of the sender: enough to absorb a paste, small enough that
@@ -330,3 +335,21 @@ def stop_signals(on_signal: asyncio.Event) -> Iterator[None]:
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+
+
+class Interrupted(Exception):
+    """The user asked to stop (a key, a signal) before what was awaited was done."""
+
+
+async def unless_stopped(awaitable: Awaitable[T], stops: Sequence[asyncio.Event]) -> T:
+    """``await awaitable``, or cancel it and raise ``Interrupted`` once any of ``stops`` is set."""
+    task = asyncio.ensure_future(awaitable)
+    waiting = [asyncio.create_task(stop.wait()) for stop in stops]
+    await asyncio.wait({task, *waiting}, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waiting:
+        wait.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise Interrupted
+    return task.result()

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 from cli_helpers import Proc, Procs, Terminal, timeout
+from fake_serving import fed_queue
 
 from hub.proto import chat_pb2, chat_pb2_grpc
 
@@ -90,16 +91,10 @@ class QuietChatServer(chat_pb2_grpc.ChatServicer):
     ) -> AsyncIterator[chat_pb2.StreamResponse]:
         token = dict(context.invocation_metadata() or ()).get("x-chat-token", "")
         name = str(token).removeprefix("token-of-")
-        queue: asyncio.Queue[chat_pb2.StreamResponse] = asyncio.Queue()
-        self._streams.add(queue)
-        reader = asyncio.create_task(self._read(requests, name))
-        try:
+        async with fed_queue(self._streams, self._read(requests, name)) as queue:
             while True:
                 # Nothing is yielded, so no headers are sent, until an event.
                 yield await queue.get()
-        finally:
-            self._streams.discard(queue)
-            reader.cancel()
 
     async def _read(self, requests: AsyncIterator[chat_pb2.StreamRequest], name: str) -> None:
         async for request in requests:

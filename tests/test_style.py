@@ -50,9 +50,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("clients/py_cli/terminal.py", "processor._call_handler"): (
         "issue 12: prompt_toolkit offers no hook around a key binding's handler"
     ),
-    ("hub/config.py", "argparse._ArgumentGroup"): (
-        "issue 12: argparse exports no public type for a group"
-    ),
     ("tests/devices/test_devices_gate.py", "queue._queue"): (
         "issue 12.3: DeviceAudio re-implements Subscription; its queue goes with it"
     ),

@@ -178,11 +178,14 @@ def contain_key_errors(app: Application[Any]) -> None:
     """Let no key binding that fails end the prompt's input or print a traceback.
 
     prompt_toolkit runs key handlers from a reader callback: one that raises
-    ends its key processor (every later key is lost) and the loop prints the
-    traceback over the screen. ``ignore_mouse_reports`` removes the failure
-    known; this keeps any other to a bell. It wraps the processor's internal
-    ``_call_handler``; without it (a prompt_toolkit that changed), nothing is
-    wrapped.
+    makes its key processor drop every key queued after it (the rest of a
+    paste) and the loop prints the traceback over the screen.
+    ``ignore_mouse_reports`` removes the failure known; this keeps any other
+    to a bell. It wraps the processor's internal ``_call_handler``, the one
+    place every handler passes: prompt_toolkit's own bindings (where the
+    known failure was) sit in the application's private ``_default_bindings``,
+    out of reach of a wrapper around the public ``key_bindings``. Without
+    ``_call_handler`` (a prompt_toolkit that changed), nothing is wrapped.
     """
     processor = app.key_processor
     call_handler = getattr(processor, "_call_handler", None)

@@ -353,7 +353,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_connections_per_peer",
         _number_kind(1, whole=True),
         _stream.max_connections_per_peer,
-        "TCP connections one peer address may hold",
+        "TCP connections one peer address (IPv6: one /64) may hold",
         STREAMING,
     ),
     Option(
@@ -444,6 +444,11 @@ def _argparse_type(option: Option) -> Callable[[str], Any]:
     return convert
 
 
+def masked(option: Option, value: Any) -> Any:
+    """``value`` as it may be shown: a secret that is set is masked."""
+    return MASK if option.secret and value else value
+
+
 class _FlagGroup(Protocol):
     """What a flag is added to: a parser's argument group (argparse exports
     no public type for one)."""
@@ -453,8 +458,7 @@ class _FlagGroup(Protocol):
 
 def _add_flag(group: _FlagGroup, option: Option) -> None:
     names = [option.short, option.flag] if option.short else [option.flag]
-    shown = MASK if option.secret and option.default else option.default
-    help = f"{option.help} (default {shown!r}; env {option.env})"
+    help = f"{option.help} (default {masked(option, option.default)!r}; env {option.env})"
     if option.kind is BOOL:
         group.add_argument(
             *names, dest=option.name, action=argparse.BooleanOptionalAction, help=help
@@ -577,12 +581,6 @@ class Config:
             server=self.server, verbose=self.values["log_level"] == "debug", **self.values
         )
 
-    def shown(self, option: Option) -> str:
-        value = self.values[option.name]
-        if option.secret and value:
-            return MASK
-        return str(value)
-
     def as_toml(self) -> str:
         """The effective configuration as a TOML file, secrets masked, each
         line saying where its value came from."""
@@ -592,9 +590,7 @@ class Config:
         ]
         width = max(len(option.name) for option in OPTIONS)
         for option in OPTIONS:
-            value = self.values[option.name]
-            if option.secret and value:
-                value = MASK
+            value = masked(option, self.values[option.name])
             lines.append(
                 f"{option.name:<{width}} = {_toml_value(value)}  # {self.sources[option.name]}"
             )

@@ -92,7 +92,7 @@ class StreamSettings:
     # hold a connection for ever). A HELLO is one small frame: 5 s is ample on
     # a slow mobile link and frees a stranger's slot quickly.
     handshake_timeout: float = 5.0
-    # Added with it: connections from one peer address at once; past this a
+    # Added with it: connections from one peer address (IPv6: per /64) at once; past this a
     # new one is refused at connect with `unavailable`. A household or an
     # office behind one NAT address runs a few players each; 64 leaves them
     # room while one host cannot take more than 64 of the max_connections.

@@ -7,6 +7,7 @@ import logging
 import pytest
 from fake_clock import FakeClock
 
+from hub.addresses import host_block
 from hub.core.ratelimit import FailureThrottle, RateLimitedLog
 from hub.rpc.status import peer_address
 
@@ -69,3 +70,20 @@ def test_rate_limited_log_counts_what_it_leaves_out(caplog: pytest.LogCaptureFix
 )
 def test_peer_address(peer: str, address: str) -> None:
     assert peer_address(peer) == address
+
+
+@pytest.mark.parametrize(
+    ("host", "block"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"),  # the same host, another address
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("/run/hub.sock", "/run/hub.sock"),
+    ],
+)
+def test_a_host_is_its_ipv4_address_or_its_ipv6_64(host: str, block: str) -> None:
+    """The key of the TCP door's per-peer connection limit (and the login throttle's)."""
+    assert host_block(host) == block

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import urllib.parse
 from typing import NoReturn
 
 import grpc
 
+from hub.addresses import host_block
 from hub.errors import Code, HubError
 
 STATUS: dict[Code, grpc.StatusCode] = {
@@ -34,23 +34,13 @@ def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
 
 
 def peer_address(peer: str) -> str:
-    """Who a gRPC peer is, for per-peer limits: its IP address without the port.
+    """Who a gRPC peer is, for per-peer limits: its address's ``host_block``.
 
-    ``ipv4:192.0.2.7:51234`` is ``192.0.2.7``. An IPv6 peer is its /64, the
-    block one host is usually given (an IPv4 client of a dual-stack server is
-    its IPv4 address). Anything else (a Unix socket) is itself.
+    ``ipv4:192.0.2.7:51234`` is ``192.0.2.7``; ``ipv6:[2001:db8:1:2::9]:443``
+    is ``2001:db8:1:2::/64``. Anything else (a Unix socket) is itself.
     """
     kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer
     rest = urllib.parse.unquote(rest)  # grpc writes ipv6:%5B::1%5D:port
-    host = rest.rsplit(":", 1)[0].strip("[]")
-    if kind == "ipv4":
-        return host
-    if kind == "ipv6":
-        try:
-            address = ipaddress.IPv6Address(host.split("%", 1)[0])
-        except ValueError:
-            return host
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return peer
+    return host_block(rest.rsplit(":", 1)[0].strip("[]"))

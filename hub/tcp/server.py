@@ -19,6 +19,7 @@ import socket
 from collections import Counter, deque
 from typing import cast
 
+from hub.addresses import host_block
 from hub.audio.music import MusicFolder
 from hub.clock import Timer
 from hub.core.hub import Hub
@@ -199,7 +200,9 @@ class ClientConnection(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peername = transport.get_extra_info("peername")
-        self._peer = str(peername[0]) if isinstance(peername, tuple) and peername else ""
+        if isinstance(peername, tuple) and peername:
+            # An IPv6 host is counted by its /64, as the login throttle counts it.
+            self._peer = host_block(str(peername[0]))
         if isinstance(peername, tuple) and len(peername) >= 2:
             self.log = logging.LoggerAdapter(
                 log, {"session": self.id, "peer": f"{peername[0]}:{peername[1]}"}

@@ -85,6 +85,7 @@ class App:
                 settings,
                 secret=secret,
                 library=library,
+                clock=backplane.clock,  # one clock for the hub and its backplane
                 broker=backplane.broker,
                 session_store=backplane.sessions,
                 presence=backplane.presence,

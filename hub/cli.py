@@ -191,7 +191,7 @@ async def serve(config: Config, printer: Printer) -> int:
                     return
             except Unavailable:
                 if not subscribed:  # Redis is out of reach: try again in a while
-                    await asyncio.sleep(1.0)
+                    await app.hub.clock.sleep(1.0)
 
     async def started(bound: list[str]) -> None:
         tune_gc()

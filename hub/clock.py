@@ -24,6 +24,9 @@ class Clock(Protocol):
     async def sleep_until(self, deadline: float) -> None:
         """Return once ``monotonic()`` has reached ``deadline``."""
 
+    async def sleep(self, delay: float) -> None:
+        """Return once ``delay`` seconds have passed (a backoff, a period)."""
+
     def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
         """Run ``callback`` once ``delay`` seconds have passed, on the running loop."""
 
@@ -41,6 +44,9 @@ class SystemClock:
         # the loop read sockets between packets, or it starves everyone else.
         delay = deadline - time.monotonic()
         await asyncio.sleep(delay if delay > 0 else 0)
+
+    async def sleep(self, delay: float) -> None:
+        await asyncio.sleep(max(0.0, delay))
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
         return asyncio.get_running_loop().call_later(max(0.0, delay), callback)

@@ -8,6 +8,8 @@ import itertools
 import time
 from collections.abc import Callable
 
+from waiting import Changes
+
 
 class FakeTimer:
     """A ``hub.clock.Timer`` on virtual time."""
@@ -30,7 +32,8 @@ class FakeClock:
     ``wall()`` is ``wall_offset + now``. ``sleep_until``: with ``auto_advance``
     (the default) it moves virtual time to the deadline, then yields to the
     loop once, so cancellation and other tasks still get their turn; without,
-    sleepers wait until the test moves time on with ``advance`` or ``set``.
+    sleepers wait until the test moves time on with ``advance`` or ``set``, and
+    ``next_wake`` tells when the next of them is due, once it sleeps.
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class FakeClock:
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._timers: list[tuple[float, int, FakeTimer]] = []
         self._order = itertools.count()
+        self._slept = Changes()
 
     def monotonic(self) -> float:
         return self.now
@@ -58,7 +62,11 @@ class FakeClock:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (deadline, next(self._order), waiter))
+        self._slept.notify()
         await waiter
+
+    async def sleep(self, delay: float) -> None:
+        await self.sleep_until(self.now + max(0.0, delay))
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> FakeTimer:
         timer = FakeTimer(callback)
@@ -74,6 +82,19 @@ class FakeClock:
     def timers(self) -> int:
         """How many timers are due later (not yet run, not cancelled)."""
         return sum(1 for _, _, timer in self._timers if not timer.cancelled)
+
+    async def next_wake(self, sleepers: int = 1) -> float:
+        """Once ``sleepers`` tasks wait for virtual time: the earliest deadline among them.
+
+        How a test sees what a task asked to sleep for (a backoff, a period)
+        without waiting for it: the task's own sleep tells, not real time.
+        """
+        await self._slept.wait_for(
+            lambda: self.sleepers >= sleepers,
+            10.0,
+            lambda: f"{self.sleepers} of {sleepers} tasks asleep on the clock",
+        )
+        return min(deadline for deadline, _, waiter in self._sleepers if not waiter.done())
 
     def advance(self, seconds: float) -> None:
         if seconds < 0:

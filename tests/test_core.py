@@ -600,10 +600,21 @@ async def test_stream_ids_go_round_within_u32_and_never_are_0() -> None:
     assert ids == [STREAM_ID_LIMIT - 2, STREAM_ID_LIMIT - 1, 1]
 
 
+class StoreGoneAtForget(MemoryRoomStore):
+    """A room store whose backplane is out of reach when a room is forgotten."""
+
+    async def forget(self, room_id: str) -> None:
+        raise Unavailable("the backplane (Redis) is out of reach")
+
+
 @pytest.mark.asyncio
-async def test_a_room_forgotten_while_it_plays_ends_its_stream_as_closed() -> None:
+@pytest.mark.parametrize("store", [MemoryRoomStore, StoreGoneAtForget])
+async def test_a_room_forgotten_while_it_plays_ends_its_stream_as_closed(
+    store: type[MemoryRoomStore],
+) -> None:
     """Nobody hears a watcher's Play: after the linger the room goes, and its
-    stream ends with the end mark ``closed`` (the room's table: PLAYING, CLOSE)."""
+    stream ends with the end mark ``closed`` (the room's table: PLAYING, CLOSE),
+    even when its record cannot be dropped then: the player stops first."""
     from hub.audio.library import SoundLibrary
     from hub.audio.sources import long_sound
 
@@ -613,6 +624,7 @@ async def test_a_room_forgotten_while_it_plays_ends_its_stream_as_closed() -> No
         clock=clock,
         secret=SECRET,
         library=SoundLibrary({0: long_sound(5.0)}),
+        room_store=store(),
     )
     await hub.start()
     room = hub.rooms.get("porch")

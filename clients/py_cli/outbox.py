@@ -77,7 +77,7 @@ class Pacer:
     async def wait(self) -> None:
         """Return when the next line may go."""
         while not self._bucket.take():
-            await self._clock.sleep_until(self._clock.monotonic() + self._interval)
+            await self._clock.sleep(self._interval)
 
 
 class Typed(NamedTuple):

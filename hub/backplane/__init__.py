@@ -11,6 +11,7 @@ without ``--redis`` nothing imports it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from hub.backplane.broker import RedisBroker
 from hub.backplane.keys import Keys
 from hub.backplane.rooms import RedisRoomCluster, RedisRoomStore
 from hub.backplane.sessions import RedisPresenceStore, RedisSessionStore
+from hub.clock import Clock, SystemClock
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,9 +47,15 @@ def describe(url: str) -> str:
 
 
 class Backplane:
-    def __init__(self, url: str, settings: Settings, *, prefix: str = "hub:") -> None:
+    def __init__(
+        self, url: str, settings: Settings, *, clock: Clock | None = None, prefix: str = "hub:"
+    ) -> None:
         self.url = url
         self.hub_id = secrets.token_hex(4)
+        # The hub's clock (give the ``Hub`` this one): the reader's backoff
+        # and the heartbeat run on it. What Redis times (keys' TTLs, the
+        # sessions' deadlines) runs on Redis's own clock, shared by every hub.
+        self.clock: Clock = clock or SystemClock()
         backplane = settings.backplane
         # One retry, on a fresh connection, for a command whose connection
         # was found dead (Redis restarted, or dropped idle clients); a Redis
@@ -72,22 +80,49 @@ class Backplane:
         keys = Keys(prefix)
         # Called with False when Redis stops answering, True when it is back:
         # the health check may point here (for example ``set_backplane``).
+        # Two parts use Redis on their own (the reader, the heartbeat) and
+        # each says when it lost or found it: the backplane is up only while
+        # none of them says it is down, whichever spoke last.
         self.on_state: Callable[[bool], None] = lambda up: None
+        self._down: set[str] = set()
         # Called with each publication's age as it comes back from Redis (the
         # metrics' backplane lag), once per publication read by this hub.
         self.on_lag: Callable[[float], None] = lambda seconds: None
         self.broker = RedisBroker(
-            self.commands, self.reader, keys, backplane, on_state=self._state, on_lag=self._lag
+            self.commands,
+            self.reader,
+            keys,
+            backplane,
+            clock=self.clock,
+            on_state=functools.partial(self._state, "reader"),
+            on_lag=self._lag,
         )
         self.sessions = RedisSessionStore(self.commands, keys, settings.chat)
         self.presence = RedisPresenceStore(
-            self.commands, keys, self.hub_id, settings.chat, backplane, on_state=self._state
+            self.commands,
+            keys,
+            self.hub_id,
+            settings.chat,
+            backplane,
+            clock=self.clock,
+            on_state=functools.partial(self._state, "heartbeat"),
         )
         self.room_store = RedisRoomStore(self.commands, keys)
         self.rooms = RedisRoomCluster(self.commands, keys, self.hub_id, backplane)
 
-    def _state(self, up: bool) -> None:
-        self.on_state(up)
+    @property
+    def up(self) -> bool:
+        """No part of the backplane finds Redis out of reach."""
+        return not self._down
+
+    def _state(self, part: str, up: bool) -> None:
+        was = self.up
+        if up:
+            self._down.discard(part)
+        else:
+            self._down.add(part)
+        if self.up != was:
+            self.on_state(self.up)
 
     def _lag(self, seconds: float) -> None:
         self.on_lag(seconds)

@@ -49,6 +49,7 @@ from redis.exceptions import RedisError
 
 from hub.backplane.errors import unreachable
 from hub.backplane.keys import Keys
+from hub.clock import Clock
 from hub.core import codec
 from hub.core.broker import HistoryLost, PublicationHandler
 from hub.core.publication import Position, Publication
@@ -98,6 +99,7 @@ class RedisBroker:
         keys: Keys,
         settings: BackplaneSettings,
         *,
+        clock: Clock,
         on_state: Callable[[bool], None],
         on_lag: Callable[[float], None] = lambda seconds: None,
     ) -> None:
@@ -105,6 +107,7 @@ class RedisBroker:
         self._reader = reader  # one connection of its own: XREAD blocks it
         self._keys = keys
         self._settings = settings
+        self._clock = clock  # the reconnection's backoff
         self._on_state = on_state
         self._on_lag = on_lag
         self._publish = commands.register_script(PUBLISH)
@@ -197,7 +200,7 @@ class RedisBroker:
     async def _read(self) -> None:
         backoff = self._settings.backoff_min
         down_since: float | None = None
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         block_ms = max(1, round(self._settings.block * 1000))
         while not self._closing:
             try:
@@ -206,7 +209,8 @@ class RedisBroker:
                     if down_since is not None:
                         await self._check_epochs()
                         log.warning(
-                            "redis: reconnected after %.1f s; reading on", loop.time() - down_since
+                            "redis: reconnected after %.1f s; reading on",
+                            clock.monotonic() - down_since,
                         )
                         down_since = None
                         backoff = self._settings.backoff_min
@@ -225,12 +229,12 @@ class RedisBroker:
             except (RedisError, OSError) as error:
                 self._reader_id = None
                 if down_since is None:
-                    down_since = loop.time()
+                    down_since = clock.monotonic()
                     self._on_state(False)
                     log.warning("redis: connection lost (%s); reconnecting", error)
                 else:
                     log.info("redis: still unreachable (%s); next try in %.2f s", error, backoff)
-                await asyncio.sleep(backoff)  # backoff between reconnection attempts
+                await clock.sleep(backoff)
                 backoff = min(backoff * 2, self._settings.backoff_max)
                 continue
             for key, entries in reply or ():

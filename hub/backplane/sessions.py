@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from hub.backplane.errors import unreachable
 from hub.backplane.keys import Keys
+from hub.clock import Clock
 from hub.core.events import LeaveReason
 from hub.core.sessions import DueHandler, SessionRecord
 from hub.settings import BackplaneSettings, ChatSettings
@@ -232,6 +233,7 @@ class RedisPresenceStore:
         chat: ChatSettings,
         settings: BackplaneSettings,
         *,
+        clock: Clock,
         on_state: Callable[[bool], None],
     ) -> None:
         self._redis = redis
@@ -239,6 +241,7 @@ class RedisPresenceStore:
         self.hub_id = hub_id
         self._grace = chat.grace
         self._settings = settings
+        self._clock = clock  # the heartbeat's period, the wait for Redis to come back
         self._on_state = on_state
         self._arrive = redis.register_script(ARRIVE)
         self._leave = redis.register_script(LEAVE)
@@ -329,11 +332,14 @@ class RedisPresenceStore:
                 # Kept until Redis answers again, unless a newer change came.
                 log.info("%s: presence waits for redis: %s", session_id, error)
                 self._pending.setdefault(session_id, arriving)
-                await asyncio.sleep(self._settings.backoff_max)
+                await self._clock.sleep(self._settings.backoff_max)
 
     async def _beat(self) -> bool:
         """Refresh this hub's liveness; True if it had lapsed (or is new)."""
         keys = self._keys
+        # The key's TTL runs on Redis's clock, not the hub's: it is what the
+        # other hubs judge this one by, so it stays real time even when a
+        # test moves the heartbeat on a clock of its own.
         ttl_ms = round(self._settings.hub_ttl * 1000)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.alive(self.hub_id), "1", px=ttl_ms, get=True)
@@ -345,7 +351,7 @@ class RedisPresenceStore:
         keys = self._keys
         up = True
         while True:
-            await asyncio.sleep(self._settings.heartbeat)  # the heartbeat's period
+            await self._clock.sleep(self._settings.heartbeat)
             try:
                 if await self._beat():
                     # Counted dead (or Redis restarted): say again where we are.

@@ -394,11 +394,7 @@ class Room:
                 self.version = -1
                 self.followed.clear()
             # Lost news (Redis restarted, or out of reach): try again shortly.
-            await self._pause(cluster.renew)
-
-    async def _pause(self, seconds: float) -> None:
-        clock = self._hub.clock
-        await clock.sleep_until(clock.monotonic() + seconds)
+            await self._hub.clock.sleep(cluster.renew)
 
     def _heard(self, record: RoomRecord) -> None:
         if self._take(record) and self.driving:
@@ -429,7 +425,7 @@ class Room:
                 log.warning("%s: another hub drives the room now", self.id)
                 self.driving = False
                 self._stop_player()
-            await self._pause(cluster.renew)  # the lease's renewal period
+            await self._hub.clock.sleep(cluster.renew)  # the lease's renewal period
 
     async def _take_over(self) -> None:
         """This hub drives the room from now on: a sound left playing starts again here."""
@@ -673,12 +669,17 @@ class Rooms:
             self.fanout.spawn(self._close(room))
 
     async def _close(self, room: Room) -> None:
+        # Stop it first: dropping the record may fail (the store out of
+        # reach), and the room must not play on because of that.
+        await room.close()
         # Shared, the record is the cluster's: it stays while the room is
         # open at another hub (it is small, and a device coming back finds
         # its mode).
         if room.id not in self._rooms and self.cluster is None:  # not opened again meanwhile
-            await self.store.forget(room.id)
-        await room.close()
+            try:
+                await self.store.forget(room.id)
+            except HubError as error:
+                log.warning("room %s: its record stays (%s)", room.id, error)
 
     async def close(self) -> None:
         for room in list(self._rooms.values()):

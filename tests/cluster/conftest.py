@@ -2,6 +2,7 @@
 
 - ``redis_server``: a running ``RedisServer`` (cluster_helpers), stopped at
   teardown; a test may ``kill()`` and ``restart()`` it on the same port.
+- ``redis_client``: a client of that Redis, for the test to look or meddle.
 - ``cluster``: a ``Cluster`` on that Redis; ``cluster.hub(*flags)`` starts one
   more hub process and returns once it serves; ``await cluster.channel(hub)``
   is a gRPC channel to it. Everything is stopped at teardown.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import redis.asyncio as aioredis
 from cluster_helpers import Cluster, RedisServer
 
 # The TCP door's test client (tests/tcp/raw_client.py), for listeners and
@@ -34,6 +36,16 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest_asyncio.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client of ``redis_server`` for the test itself (to look, or to meddle)."""
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest_asyncio.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import redis.asyncio as aioredis
+from fake_clock import FakeClock
 
 from hub.backplane.keys import Keys
 from hub.backplane.sessions import RedisPresenceStore
@@ -14,7 +15,13 @@ from hub.settings import BackplaneSettings, ChatSettings
 async def test_reconnects_while_redis_is_away_keep_one_change_per_session() -> None:
     redis = aioredis.Redis(host="127.0.0.1", port=1)  # never asked: run() is not called
     presence = RedisPresenceStore(
-        redis, Keys(), "hub-a", ChatSettings(), BackplaneSettings(), on_state=lambda up: None
+        redis,
+        Keys(),
+        "hub-a",
+        ChatSettings(),
+        BackplaneSettings(),
+        clock=FakeClock(),
+        on_state=lambda up: None,
     )
     try:
         for _ in range(1000):  # a client reconnecting again and again

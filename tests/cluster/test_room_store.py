@@ -7,12 +7,9 @@ steps when two hubs press at once, and its stream ids are unique across hubs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
-from cluster_helpers import RedisServer
 
 from hub.backplane.keys import Keys
 from hub.backplane.rooms import RedisRoomStore
@@ -26,15 +23,6 @@ MODES = 5
 
 def next_mode(mode: int) -> int:
     return (mode + 1) % MODES
-
-
-@pytest_asyncio.fixture
-async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])

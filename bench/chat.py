@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import multiprocessing as mp
 import os
 import platform
@@ -24,7 +25,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -40,14 +40,17 @@ from bench.common import (
     HubProcess,
     Worker,
     add_common_options,
+    attempt,
+    begin,
+    cancel_and_wait,
     columns,
     end_workers,
     expect,
     finish,
+    free_port,
     machine_busy,
     mark,
     ms,
-    raise_fd_limit,
     server_env,
     shut_doors,
     spread,
@@ -319,7 +322,7 @@ def _subscriber_raw(conn: Connection, cfg: dict[str, Any]) -> None:
 
     import grpc
 
-    from bench.h2client import GrpcStreamReader, SocketTransport
+    from bench.h2client import GrpcStreamReader
 
     n = cfg["n"]
     address = cfg["address"]
@@ -352,9 +355,8 @@ def _subscriber_raw(conn: Connection, cfg: dict[str, Any]) -> None:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setblocking(False)
         reader = GrpcStreamReader(
-            address, STREAM, [(TOKEN_HEADER, token)], stats.on_message, stats.on_end
+            sock, address, STREAM, [(TOKEN_HEADER, token)], stats.on_message, stats.on_end
         )
-        reader.connection_made(SocketTransport(sock))
         readers[sock.fileno()] = (sock, reader)
         poller.register(sock.fileno(), select.EPOLLIN)
     pipe = conn.fileno()
@@ -444,9 +446,7 @@ async def _subscriber_aio(conn: Connection, cfg: dict[str, Any]) -> None:
     finally:
         for call in calls:
             call.cancel()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await asyncio.gather(*(ch.close() for ch in channels), return_exceptions=True)
 
 
@@ -584,10 +584,7 @@ class Server(HubProcess):
         self._scraping = threading.Event()
         if metrics:
             # A port picked here: the hub does not say which one it bound for port 0.
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
-            self.metrics_url = f"http://127.0.0.1:{port}/metrics"
+            self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
 
     def start(self) -> None:  # type: ignore[override]
         metrics = (
@@ -1184,10 +1181,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     scenarios = scenarios_from(args)
-    raise_fd_limit()
-    if args.py_spy:
-        Path(args.py_spy).mkdir(parents=True, exist_ok=True)
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-chat-"))
+    log_dir = begin(args, "chat")
     print(
         f"bench.chat: {len(scenarios)} scenario(s), {args.duration:g} s each, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
@@ -1198,11 +1192,9 @@ def main(argv: list[str] | None = None) -> int:
     for sc in scenarios:
         for _ in range(args.repeat):
             for metrics in modes:
-                try:
-                    res = run_scenario(sc, args, log_dir, metrics=metrics)
-                except Exception as error:
-                    print(f"== {sc.label}: FAILED TO RUN: {error}", flush=True)
-                    results.append({"scenario": sc.label, "error": str(error)})
+                run = functools.partial(run_scenario, sc, args, log_dir, metrics=metrics)
+                res = attempt(sc.label, run, results)
+                if res is None:
                     continue
                 print(describe(res), flush=True)
                 results.append(res)

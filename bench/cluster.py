@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,15 @@ from bench.common import (
     HubProcess,
     Worker,
     add_common_options,
+    attempt,
+    begin,
+    cancel_and_wait,
     columns,
+    end_workers,
     expect,
     finish,
+    free_port,
     ms,
-    raise_fd_limit,
     wait_quiet,
     workers_cpu,
 )
@@ -60,12 +65,6 @@ LOGOUT_P99_MS = 100.0
 
 
 # -- the processes ------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisProcess:
@@ -124,6 +123,22 @@ def start_hub(log_dir: Path, label: str, extra: list[str]) -> HubProcess:
     return hub
 
 
+@contextlib.contextmanager
+def two_hubs(log_dir: Path, label: str) -> Iterator[tuple[RedisProcess, HubProcess, HubProcess]]:
+    """A fresh redis-server and hubs A and B sharing it; all stopped on the way out."""
+    redis = RedisProcess(Path(tempfile.mkdtemp(dir=log_dir)))
+    redis.start()
+    hubs: list[HubProcess] = []
+    try:
+        for name in ("a", "b"):
+            hubs.append(start_hub(log_dir, f"{label}-{name}", ["--redis", redis.url]))
+        yield redis, hubs[0], hubs[1]
+    finally:
+        for hub in hubs:
+            hub.stop()
+        redis.stop()
+
+
 # -- chat across two hubs ----------------------------------------------------------
 
 
@@ -132,65 +147,55 @@ def chat_across(sc: chat.Scenario, args: argparse.Namespace, log_dir: Path) -> d
     import numpy as np
 
     background = wait_quiet(args.wait_quiet, args.quiet_pct) if args.wait_quiet > 0 else None
-    redis = RedisProcess(Path(tempfile.mkdtemp(dir=log_dir)))
-    redis.start()
-    hubs: list[HubProcess] = []
     workers: list[Worker] = []
-    try:
-        for label in ("a", "b"):
-            hubs.append(start_hub(log_dir, f"{sc.label}-{label}", ["--redis", redis.url]))
-        ctx = mp.get_context("spawn")
-        subs: list[Worker] = []
-        half = [sc.subscribers - sc.subscribers // 2, sc.subscribers // 2]
-        for i, (hub, n) in enumerate(zip(hubs, half, strict=True)):
+    with two_hubs(log_dir, sc.label) as (redis, hub_a, hub_b):
+        hubs = [hub_a, hub_b]
+        try:
+            ctx = mp.get_context("spawn")
+            subs: list[Worker] = []
+            half = [sc.subscribers - sc.subscribers // 2, sc.subscribers // 2]
+            for i, (hub, n) in enumerate(zip(hubs, half, strict=True)):
+                parent, child = ctx.Pipe()
+                cfg = {"index": i, "n": n, "address": hub.address, "client": "raw"}
+                process = ctx.Process(
+                    target=chat.subscriber_process, args=(child, cfg), daemon=True
+                )
+                subs.append(Worker(process, parent, "subscriber", n))
             parent, child = ctx.Pipe()
-            cfg = {"index": i, "n": n, "address": hub.address, "client": "raw"}
-            subs.append(
-                Worker(ctx.Process(target=chat.subscriber_process, args=(child, cfg), daemon=True),
-                       parent, "subscriber", n)
-            )  # fmt: skip
-        parent, child = ctx.Pipe()
-        cfg = {"index": 0, "address": hubs[0].address, "window": args.fast_window}
-        pub = Worker(
-            ctx.Process(target=chat.publisher_process, args=(child, cfg), daemon=True),
-            parent,
-            "publisher",
-        )
-        workers = [*subs, pub]
-        for w in workers:
-            w.start()
-        expect(workers, "logged_in", args.setup_timeout)
-        for w in workers:
-            w.conn.send(("open",))
-        # Probe logins on hub A reach hub B's streams through Redis: once every
-        # stream has seen one, every stream on both hubs is subscribed.
-        chat.probe_until_ready(hubs[0].address, workers, args.setup_timeout)
-        time.sleep(0.2)  # let the probes' fan-out settle
-        warm_ns = time.monotonic_ns() + 100_000_000
-        start_ns = warm_ns + int(args.warmup * 1e9)
-        pub.conn.send(("go", warm_ns, start_ns, args.duration, sc.rate, 0))
-        time.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
-        hub_cpu0 = [h.cpu() for h in hubs]
-        redis_cpu0, sub_cpu0 = redis.cpu(), workers_cpu(subs)
-        wall0 = time.monotonic()
-        (done,) = expect([pub], "done", args.duration + 60)
-        sent = [done[1]]
-        for w in subs:
-            w.conn.send(("expect", sent, args.drain_timeout, args.stall_timeout))
-        results = [m[1] for m in expect(subs, "result", args.drain_timeout + 60)]
-        wall = time.monotonic() - wall0
-        hub_cpu = [h.cpu() - c for h, c in zip(hubs, hub_cpu0, strict=True)]
-        redis_cpu, sub_cpu = redis.cpu() - redis_cpu0, workers_cpu(subs) - sub_cpu0
-        pub.conn.send(("stop",))
-    finally:
-        for w in workers:
-            w.proc.join(5)
-            if w.proc.is_alive():
-                w.proc.terminate()
-                w.proc.join(5)
-        for hub in hubs:
-            hub.stop()
-        redis.stop()
+            cfg = {"index": 0, "address": hubs[0].address, "window": args.fast_window}
+            pub = Worker(
+                ctx.Process(target=chat.publisher_process, args=(child, cfg), daemon=True),
+                parent,
+                "publisher",
+            )
+            workers = [*subs, pub]
+            for w in workers:
+                w.start()
+            expect(workers, "logged_in", args.setup_timeout)
+            for w in workers:
+                w.conn.send(("open",))
+            # Probe logins on hub A reach hub B's streams through Redis: once every
+            # stream has seen one, every stream on both hubs is subscribed.
+            chat.probe_until_ready(hubs[0].address, workers, args.setup_timeout)
+            time.sleep(0.2)  # let the probes' fan-out settle
+            warm_ns = time.monotonic_ns() + 100_000_000
+            start_ns = warm_ns + int(args.warmup * 1e9)
+            pub.conn.send(("go", warm_ns, start_ns, args.duration, sc.rate, 0))
+            time.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
+            hub_cpu0 = [h.cpu() for h in hubs]
+            redis_cpu0, sub_cpu0 = redis.cpu(), workers_cpu(subs)
+            wall0 = time.monotonic()
+            (done,) = expect([pub], "done", args.duration + 60)
+            sent = [done[1]]
+            for w in subs:
+                w.conn.send(("expect", sent, args.drain_timeout, args.stall_timeout))
+            results = [m[1] for m in expect(subs, "result", args.drain_timeout + 60)]
+            wall = time.monotonic() - wall0
+            hub_cpu = [h.cpu() - c for h, c in zip(hubs, hub_cpu0, strict=True)]
+            redis_cpu, sub_cpu = redis.cpu() - redis_cpu0, workers_cpu(subs) - sub_cpu0
+            pub.conn.send(("stop",))
+        finally:
+            end_workers(workers)
 
     def latency(r: dict[str, Any]) -> dict[str, float | None]:
         lat = np.frombuffer(r["latencies"], dtype=np.int64) / 1e6
@@ -307,19 +312,10 @@ def logout_across(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
 
     if args.wait_quiet > 0:
         wait_quiet(args.wait_quiet, args.quiet_pct)
-    redis = RedisProcess(Path(tempfile.mkdtemp(dir=log_dir)))
-    redis.start()
-    hubs: list[HubProcess] = []
-    try:
-        for label in ("a", "b"):
-            hubs.append(start_hub(log_dir, f"logout-{label}", ["--redis", redis.url]))
-        times = np.array(asyncio.run(_logout_reach(hubs[0].address, hubs[1].address, args.logouts)))
-    finally:
-        for hub in hubs:
-            hub.stop()
-        redis.stop()
+    with two_hubs(log_dir, "logout") as (_, hub_a, hub_b):
+        times = np.array(asyncio.run(_logout_reach(hub_a.address, hub_b.address, args.logouts)))
     p99 = float(np.percentile(times, 99))
-    res = {
+    res: dict[str, Any] = {
         "part": "logout",
         "rounds": int(times.size),
         "ms": {
@@ -417,12 +413,7 @@ async def _room_run(a: HubProcess, b: HubProcess, play_s: float) -> dict[str, An
     killed = time.monotonic()
     a.proc.kill()
     await asyncio.sleep(4.0)  # enough for another hub to take over (lease 1.2 s)
-    for listener in listeners["a"] + listeners["b"]:
-        assert listener.task is not None
-        listener.task.cancel()
-    await asyncio.gather(
-        *(x.task for x in listeners["a"] + listeners["b"] if x.task), return_exceptions=True
-    )
+    await cancel_and_wait(x.task for x in listeners["a"] + listeners["b"] if x.task)
 
     def reach(name: str) -> list[float]:
         return sorted(
@@ -452,17 +443,8 @@ async def _room_run(a: HubProcess, b: HubProcess, play_s: float) -> dict[str, An
 
 
 def room_across(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
-    redis = RedisProcess(Path(tempfile.mkdtemp(dir=log_dir)))
-    redis.start()
-    hubs: list[HubProcess] = []
-    try:
-        for label in ("a", "b"):
-            hubs.append(start_hub(log_dir, f"room-{label}", ["--redis", redis.url]))
-        res = asyncio.run(_room_run(hubs[0], hubs[1], 2.5))
-    finally:
-        for hub in hubs:
-            hub.stop()
-        redis.stop()
+    with two_hubs(log_dir, "room") as (_, hub_a, hub_b):
+        res = asyncio.run(_room_run(hub_a, hub_b, 2.5))
     return {"part": "room", **res}
 
 
@@ -580,8 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     parts = args.part or list(PARTS)
-    raise_fd_limit()
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    log_dir = begin(args, "cluster")
     print(
         f"bench.cluster: {', '.join(parts)}; {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
@@ -598,11 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     describers = {"chat": describe_chat, "logout": describe_logout, "room": describe_room}
     for part in parts:
-        try:
-            got = runs[part]()
-        except Exception as error:
-            print(f"== {part}: FAILED TO RUN: {type(error).__name__}: {error}", flush=True)
-            results.append({"part": part, "error": str(error)})
+        got = attempt(part, runs[part], results, key="part")
+        if got is None:
             continue
         for res in got:
             if part in describers:

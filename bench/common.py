@@ -9,6 +9,7 @@ process's CPU and memory from outside every 100 ms until ``stop``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import json
@@ -18,11 +19,13 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -202,6 +205,13 @@ def shut_doors(module: str, cwd: str | None) -> tuple[str, ...]:
     return tuple(x for flag in ("--stream-address",) if flag in text for x in (flag, "none"))
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1: bound to port 0, read, closed (a door for the hub)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def raise_fd_limit() -> None:
     """Open files up to the hard limit: every client connection is a descriptor."""
     import resource
@@ -209,6 +219,29 @@ def raise_fd_limit() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def begin(args: argparse.Namespace, name: str) -> Path:
+    """What every benchmark does first: room for its many sockets, the
+    ``--py-spy`` folder, and a fresh folder for the servers' logs (``finish``
+    removes it unless ``--keep-logs``)."""
+    raise_fd_limit()
+    if args.py_spy:
+        Path(args.py_spy).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+
+
+def attempt(
+    label: str, run: Callable[[], Any], results: list[dict[str, Any]], key: str = "scenario"
+) -> Any:
+    """``run()``'s result, or None once its failure is printed and kept in
+    ``results``: one run that cannot start does not end the suite."""
+    try:
+        return run()
+    except Exception as error:
+        print(f"== {label}: FAILED TO RUN: {type(error).__name__}: {error}", flush=True)
+        results.append({key: label, "error": str(error)})
+        return None
 
 
 def server_env(items: Sequence[str]) -> dict[str, str]:
@@ -307,6 +340,14 @@ def start_spread(
     return workers
 
 
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel the client tasks and wait until each has ended, however it ends."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def end_workers(workers: list[Worker]) -> None:
     """Wait for each worker to exit (told to quit, or done); terminate a straggler."""
     for w in workers:
@@ -383,6 +424,71 @@ def start_py_spy(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+# -- audio scenarios (bench.tcp, bench.devices) -------------------------------------
+
+
+@dataclass(frozen=True)
+class AudioScenario:
+    """N listeners on one room stream of ``frame_ms`` packets."""
+
+    listeners: int
+    frame_ms: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.listeners}@{self.frame_ms:g}ms"
+
+
+def quietest_run(run: Callable[[], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """``run()``, and again while its window had more other load than
+    ``--noisy-pct`` (``--retry-noisy`` times at most): the run with the least
+    other load, marked ``noisy`` if even that had too much."""
+    res = run()
+    retries = 0
+    while res["other_load_pct"] > args.noisy_pct and retries < args.retry_noisy:
+        retries += 1
+        print(
+            f"   ({res['scenario']}: other load {res['other_load_pct']:.0f}% of a"
+            f" core during the window: running it again, {retries}/{args.retry_noisy})",
+            flush=True,
+        )
+        again = run()
+        if again["other_load_pct"] < res["other_load_pct"]:
+            res = again
+    res["noisy"] = res["other_load_pct"] > args.noisy_pct
+    return res
+
+
+def server_figures(m: dict[str, Any], window: float, listeners: int) -> dict[str, Any]:
+    """The hub's CPU and memory over an audio scenario's window, from what
+    ``run_scenario`` measured (``server_cpu``, ``server_peak_pct``,
+    ``rss_peak``, ``vm_hwm``)."""
+    return {
+        "server_cpu_s": round(m["server_cpu"], 3),
+        "server_cpu_pct": round(100 * m["server_cpu"] / window, 1),
+        "server_cpu_peak_1s_pct": round(m["server_peak_pct"], 1),
+        "server_cpu_per_listener_pct": round(100 * m["server_cpu"] / window / listeners, 4),
+        "server_rss_peak_mb": round(m["rss_peak"] / 2**20, 1),
+        "server_vmhwm_mb": round(m["vm_hwm"], 1) if m["vm_hwm"] is not None else None,
+    }
+
+
+def underrun_and_noise_lines(res: dict[str, Any]) -> list[str]:
+    """The lines an audio scenario's description ends with, where they apply."""
+    lines = []
+    if res["underrun_instants"]:
+        lines.append(
+            "   underrun instants (listeners): "
+            + ", ".join(str(c["listeners"]) for c in res["underrun_instants"])
+        )
+    if res.get("noisy"):
+        lines.append(
+            f"   NOISY: other processes used {res['other_load_pct']:.0f}% of a core"
+            " during the window; figures are pessimistic"
+        )
+    return lines
 
 
 # -- figures -------------------------------------------------------------------

@@ -9,7 +9,7 @@ spawned processes that run one asyncio loop each.
 Each listener is its own ServerAudioStream call with ``device_id`` metadata;
 every ``--status-every``-th one also opens StatusStream and answers each
 ``set`` with ``status="success"``. The default client (``--client raw``,
-bench/devices_h2.py) puts ``--per-conn`` devices' calls on one HTTP/2
+bench/h2wire.py's GrpcMux on asyncio) puts ``--per-conn`` devices' calls on one HTTP/2
 connection and reads them without a coroutine per message, so 1,000 listeners
 at 50 packets/s cost the shared two cores little; ``--client aio`` uses a
 grpc.aio channel per ``--per-conn`` devices instead. Listeners do not parse
@@ -30,12 +30,12 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import functools
 import multiprocessing as mp
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -45,10 +45,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    AudioScenario,
     HubProcess,
     Worker,
     add_common_options,
     ask,
+    attempt,
+    begin,
+    cancel_and_wait,
     columns,
     end_workers,
     expect,
@@ -58,11 +62,13 @@ from bench.common import (
     mark,
     ms,
     percentile,
-    raise_fd_limit,
+    quietest_run,
     server_env,
+    server_figures,
     shut_doors,
     start_py_spy,
     start_spread,
+    underrun_and_noise_lines,
     underrun_clusters,
     wait_quiet,
     workers_cpu,
@@ -327,7 +333,8 @@ async def _listener_main(conn: Connection, cfg: dict[str, Any]) -> None:
     import grpc
     import opuslib
 
-    from bench.devices_h2 import GrpcMux, MuxProtocol
+    from bench.devices_h2 import MuxProtocol
+    from bench.h2wire import GrpcMux
 
     loop = asyncio.get_running_loop()
     inbox = _inbox(conn)
@@ -454,9 +461,7 @@ async def _listener_main(conn: Connection, cfg: dict[str, Any]) -> None:
         lag_task.cancel()
         for protocol in protocols:
             protocol.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await asyncio.gather(*(ch.close() for ch in channels), return_exceptions=True)
 
 
@@ -553,9 +558,7 @@ async def _controller_main(conn: Connection, cfg: dict[str, Any]) -> None:
             elif cmd[0] == "quit":
                 break
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await channel.close()
 
 
@@ -586,15 +589,7 @@ class Server(HubProcess):
 # -- scenarios and targets -----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Scenario:
-    listeners: int
-    frame_ms: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.listeners}@{self.frame_ms:g}ms"
-
+Scenario = AudioScenario
 
 LATENCY_TARGET_MS = 30.0  # Play -> first packet and Stop -> is_end, p99, at 100 listeners
 LATENCY_TARGET_AT = 100
@@ -864,10 +859,7 @@ def analyse(sc: Scenario, args: argparse.Namespace, **m: Any) -> dict[str, Any]:
         "led_frame_after_mode_x5": [f"{x:08X}" for x in m["frame"]] if m["frame"] else None,
         "warm_up_started": m["warm_started"],
         "window_s": round(window, 3),
-        "server_cpu_s": round(m["server_cpu"], 3),
-        "server_cpu_pct": round(100 * m["server_cpu"] / window, 1),
-        "server_cpu_peak_1s_pct": round(m["server_peak_pct"], 1),
-        "server_cpu_per_listener_pct": round(100 * m["server_cpu"] / window / n, 4),
+        **server_figures(m, window, n),
         # CPU per packet delivered (robust to a machine too busy to keep up:
         # CPU time, not wall time), and what N listeners would need at the
         # nominal rate at that cost.
@@ -879,8 +871,6 @@ def analyse(sc: Scenario, args: argparse.Namespace, **m: Any) -> dict[str, Any]:
         )
         if rates
         else None,
-        "server_rss_peak_mb": round(m["rss_peak"] / 2**20, 1),
-        "server_vmhwm_mb": round(m["vm_hwm"], 1) if m["vm_hwm"] is not None else None,
         "listener_cpu_pct": round(100 * m["listener_cpu"] / window, 1),
         "listener_us_per_packet": round(1e6 * m["listener_cpu"] / (sum(rates) * window), 2)
         if rates
@@ -1020,16 +1010,7 @@ def describe(res: dict[str, Any]) -> str:
     ]
     if res["calls_ended"]:
         lines.append(f"   calls ended      {res['calls_ended']}")
-    if res["underrun_instants"]:
-        lines.append(
-            "   underrun instants (listeners): "
-            + ", ".join(str(c["listeners"]) for c in res["underrun_instants"])
-        )
-    if res.get("noisy"):
-        lines.append(
-            f"   NOISY: other processes used {res['other_load_pct']:.0f}% of a core"
-            " during the window; figures are pessimistic"
-        )
+    lines += underrun_and_noise_lines(res)
     if res["pass"] is not None:
         lines.append(f"   => {'PASS' if res['pass'] else 'FAIL'}")
     return "\n".join(lines)
@@ -1159,10 +1140,7 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     scenarios = scenarios_from(args)
-    raise_fd_limit()
-    if args.py_spy:
-        Path(args.py_spy).mkdir(parents=True, exist_ok=True)
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-devices-"))
+    log_dir = begin(args, "devices")
     print(
         f"bench.devices: {', '.join(s.label for s in scenarios)}; {args.duration:g} s window,"
         f" {args.cycles} Play/Stop cycles; {os.cpu_count()} CPUs, Python"
@@ -1174,25 +1152,10 @@ def main(argv: list[str] | None = None) -> int:
     while queue:
         sc = queue.pop(0)
         for _ in range(args.repeat):
-            try:
-                res = run_scenario(sc, args, log_dir)
-                retries = 0
-                while res["other_load_pct"] > args.noisy_pct and retries < args.retry_noisy:
-                    retries += 1
-                    print(
-                        f"   ({res['scenario']}: other load {res['other_load_pct']:.0f}% of a"
-                        f" core during the window: running it again, {retries}/"
-                        f"{args.retry_noisy})",
-                        flush=True,
-                    )
-                    again = run_scenario(sc, args, log_dir)
-                    if again["other_load_pct"] < res["other_load_pct"]:
-                        res = again
-            except Exception as error:
-                print(f"== {sc.label}: FAILED TO RUN: {type(error).__name__}: {error}", flush=True)
-                results.append({"scenario": sc.label, "error": str(error)})
+            run = functools.partial(run_scenario, sc, args, log_dir)
+            res = attempt(sc.label, functools.partial(quietest_run, run, args), results)
+            if res is None:
                 continue
-            res["noisy"] = res["other_load_pct"] > args.noisy_pct
             print(describe(res), flush=True)
             results.append(res)
             fallback = Scenario(REALTIME_TARGET_AT, 60.0)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench.common import wait_quiet
+from bench.common import free_port, wait_quiet
 
 STREAM = "/chat.Chat/Stream"
 CORES = os.cpu_count() or 1
@@ -191,7 +191,7 @@ def subscribe(port: int, n: int, conn: Connection) -> None:
     says which sequence numbers each server counted, and this process answers
     with the counted lines' latencies and, per stream, its server and count.
     """
-    from bench.h2client import GrpcStreamReader, SocketTransport
+    from bench.h2client import GrpcStreamReader
 
     servers: array[int] = array("q")
     seqs: array[int] = array("q")
@@ -217,8 +217,9 @@ def subscribe(port: int, n: int, conn: Connection) -> None:
         sock = socket.create_connection(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
-        reader = GrpcStreamReader(f"127.0.0.1:{port}", STREAM, [], on_message_of(stream), on_end)
-        reader.connection_made(SocketTransport(sock))
+        reader = GrpcStreamReader(
+            sock, f"127.0.0.1:{port}", STREAM, [], on_message_of(stream), on_end
+        )
         readers[sock.fileno()] = (sock, reader)
         poller.register(sock.fileno(), select.EPOLLIN)
     pipe = conn.fileno()
@@ -255,12 +256,6 @@ def subscribe(port: int, n: int, conn: Connection) -> None:
 # -- one run -----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _cpu(pids: list[int]) -> float:
     import psutil
 
@@ -273,7 +268,7 @@ def _cpu(pids: list[int]) -> float:
 
 def run(cfg: Config) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     servers = []
     for index in range(cfg.procs):
         ours, theirs = ctx.Pipe()

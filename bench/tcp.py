@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import multiprocessing as mp
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,22 +44,28 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    AudioScenario,
     HubProcess,
     Worker,
     add_common_options,
     ask,
+    attempt,
+    begin,
     columns,
     end_workers,
     finish,
+    free_port,
     latencies,
     machine_busy,
     mark,
     ms,
     percentile,
-    raise_fd_limit,
+    quietest_run,
     server_env,
+    server_figures,
     start_py_spy,
     start_spread,
+    underrun_and_noise_lines,
     underrun_clusters,
     wait_quiet,
     workers_cpu,
@@ -96,12 +101,6 @@ def make_music(folder: Path) -> None:
         wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.1 * np.sin(2 * np.pi * 1.5 * freq * t)
         wave *= 0.75 + 0.25 * np.sin(2 * np.pi * 0.5 * t)
         sf.write(folder / name, wave.astype(np.float32), rate, subtype="PCM_16")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the server under test ------------------------------------------------------
@@ -215,14 +214,7 @@ def _softirq() -> float:
 # -- a scenario ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Scenario:
-    listeners: int
-    frame_ms: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.listeners}@{self.frame_ms:g}ms"
+Scenario = AudioScenario
 
 
 @dataclass
@@ -516,9 +508,6 @@ def analyse(sc: Scenario, args: argparse.Namespace, m: dict[str, Any]) -> dict[s
         "parse": args.parse,
         "client_nice": args.client_nice,
         "io": args.io,
-        "server_variant": ",".join(
-            e.partition("=")[2] for e in args.server_env if e.startswith("BENCH_TCP_VARIANT=")
-        ),
         "connected": m["connected"],
         "connect_failures": m["connect_failures"],
         "connect_s": m["connect_s"],
@@ -531,13 +520,8 @@ def analyse(sc: Scenario, args: argparse.Namespace, m: dict[str, Any]) -> dict[s
         "room_stream_listeners": m["room_stream_listeners"],
         "room_play_to_all_first_audio_s": m["room_first_audio_s"],
         "window_s": round(window, 3),
-        "server_cpu_s": round(m["server_cpu"], 3),
-        "server_cpu_pct": round(100 * m["server_cpu"] / window, 1),
-        "server_cpu_peak_1s_pct": round(m["server_peak_pct"], 1),
-        "server_cpu_per_listener_pct": round(100 * m["server_cpu"] / window / n, 4),
+        **server_figures(m, window, n),
         "server_us_per_frame": round(1e6 * m["server_cpu"] / frames, 2) if frames else None,
-        "server_rss_peak_mb": round(m["rss_peak"] / 2**20, 1),
-        "server_vmhwm_mb": round(m["vm_hwm"], 1) if m["vm_hwm"] is not None else None,
         "listener_cpu_pct": round(100 * m["listener_cpu"] / window, 1),
         "machine_busy_pct": round(100 * m["machine_busy"] / window, 1),
         "softirq_pct": round(100 * m["softirq"] / window, 1),
@@ -635,9 +619,7 @@ def describe(res: dict[str, Any]) -> str:
     lines = [
         f"== {res['scenario']}: {res['listeners']} TCP listeners in room {ROOM!r}"
         f" ({res['listener_processes']} procs at nice {res['client_nice']}, io"
-        f" {res['io']}, parse {res['parse']})"
-        + (f"; server variant {res['server_variant']}" if res["server_variant"] else "")
-        + "; connected"
+        f" {res['io']}, parse {res['parse']})" + "; connected"
         f" {res['connected']} in {res['connect_s']} s, joined {res['joined']};"
         f" long sound selected: {res['long_sound_selected']}",
         f"   server CPU       {res['server_cpu_pct']:.0f}% of a core over {res['window_s']:.1f} s"
@@ -701,18 +683,9 @@ def describe(res: dict[str, Any]) -> str:
             lines.append(f"   {key:16} {res[key]}")
     if res["violations"]:
         lines.append(f"   violations       {res['violations'][:5]}")
-    if res["underrun_instants"]:
-        lines.append(
-            "   underrun instants (listeners): "
-            + ", ".join(str(c["listeners"]) for c in res["underrun_instants"])
-        )
     if res["server_warnings"]:
         lines.append("   server log: " + " | ".join(res["server_warnings"][-3:])[:400])
-    if res.get("noisy"):
-        lines.append(
-            f"   NOISY: other processes used {res['other_load_pct']:.0f}% of a core"
-            " during the window; figures are pessimistic"
-        )
+    lines += underrun_and_noise_lines(res)
     lines.append(f"   => {'PASS' if res['pass'] else 'FAIL'}")
     return "\n".join(lines)
 
@@ -875,10 +848,7 @@ def main(argv: list[str] | None = None) -> int:
         for ms in args.frame_ms.split(",")
         for n in args.listeners.split(",")
     ]
-    raise_fd_limit()
-    if args.py_spy:
-        Path(args.py_spy).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-tcp-"))
+    work = begin(args, "tcp")
     music = work / "music"
     music.mkdir()
     make_music(music)
@@ -892,22 +862,10 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     for sc in scenarios:
         for _ in range(args.repeat):
-            try:
-                res = run_scenario(sc, args, work, music)
-                retries = 0
-                while res["other_load_pct"] > args.noisy_pct and retries < args.retry_noisy:
-                    retries += 1
-                    print(
-                        f"   ({sc.label}: other load {res['other_load_pct']:.0f}% of a core"
-                        f" during the window: running it again)",
-                        flush=True,
-                    )
-                    res = run_scenario(sc, args, work, music)
-            except Exception as error:
-                print(f"== {sc.label}: FAILED TO RUN: {type(error).__name__}: {error}", flush=True)
-                results.append({"scenario": sc.label, "error": str(error)})
+            run = functools.partial(run_scenario, sc, args, work, music)
+            res = attempt(sc.label, functools.partial(quietest_run, run, args), results)
+            if res is None:
                 continue
-            res["noisy"] = res["other_load_pct"] > args.noisy_pct
             print(describe(res), flush=True)
             results.append(res)
     ran = [r for r in results if "error" not in r]

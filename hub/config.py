@@ -18,7 +18,7 @@ import importlib.metadata
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from hub.audio.opus import ALLOWED_FRAME_MS, OpusSettings
 from hub.settings import ChatSettings, DeviceSettings, OperatorSettings, StreamSettings
@@ -449,7 +449,14 @@ def masked(option: Option, value: Any) -> Any:
     return MASK if option.secret and value else value
 
 
-def _add_flag(group: argparse._ArgumentGroup, option: Option) -> None:
+class _FlagGroup(Protocol):
+    """What a flag is added to: a parser's argument group (argparse exports
+    no public type for one)."""
+
+    def add_argument(self, *names: str, **options: Any) -> argparse.Action: ...
+
+
+def _add_flag(group: _FlagGroup, option: Option) -> None:
     names = [option.short, option.flag] if option.short else [option.flag]
     help = f"{option.help} (default {masked(option, option.default)!r}; env {option.env})"
     if option.kind is BOOL:

@@ -25,8 +25,9 @@ message wakes ``wait_for`` waiters: nothing here sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -321,8 +322,24 @@ class StockDevice:
     def _failed(self, rpc: str, error: grpc.aio.AioRpcError) -> None:
         self.failures[rpc] = RpcFailure(rpc, error.code(), error.details() or "")
 
-    async def _run_status(self, call: grpc.aio.StreamStreamCall) -> None:
+    @contextlib.contextmanager
+    def _reading(self, rpc: str) -> Iterator[None]:
+        """How a reader of ``rpc`` ends: its failure is recorded and its
+        cancellation passed on, unless the device is closing (then both are
+        expected); waiters are woken either way."""
         try:
+            yield
+        except grpc.aio.AioRpcError as error:
+            if not self._closing:
+                self._failed(rpc, error)
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+        finally:
+            self._notify()
+
+    async def _run_status(self, call: grpc.aio.StreamStreamCall) -> None:
+        with self._reading("StatusStream"):
             while True:
                 request = await call.read()
                 if request is grpc.aio.EOF:
@@ -339,14 +356,6 @@ class StockDevice:
                     self._paint(request.set, now)
                     await call.write(comms_pb2.DeviceStatusResponse(status="success"))
                 self._notify()
-        except grpc.aio.AioRpcError as error:
-            if not self._closing:
-                self._failed("StatusStream", error)
-        except asyncio.CancelledError:
-            if not self._closing:
-                raise
-        finally:
-            self._notify()
 
     def _paint(self, frame: comms_pb2.DeviceStatusSet, now: float) -> None:
         """Any request that is not ``get`` paints LEDs 1-5, absent ones black."""
@@ -373,7 +382,7 @@ class StockDevice:
     # -- buttons ---------------------------------------------------------
 
     async def _run_events(self, call: grpc.aio.StreamStreamCall) -> None:
-        try:
+        with self._reading("EventStream"):
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:
@@ -381,14 +390,6 @@ class StockDevice:
                 assert isinstance(response, comms_pb2.DeviceEventResponse)
                 self._acks.put_nowait(response)
                 self._notify()
-        except grpc.aio.AioRpcError as error:
-            if not self._closing:
-                self._failed("EventStream", error)
-        except asyncio.CancelledError:
-            if not self._closing:
-                raise
-        finally:
-            self._notify()
 
     async def send_event(self, event: comms_pb2.DeviceEvent, timeout: float = 5.0) -> bool:
         """Send one event and block until exactly one response comes; its ack."""
@@ -428,23 +429,19 @@ class StockDevice:
     # -- audio -----------------------------------------------------------
 
     async def _run_audio(self, call: grpc.aio.UnaryStreamCall) -> None:
-        try:
-            async for packet in call:
-                self._hear(packet, time.monotonic())
-                self._notify()
-            if not self._closing:
-                self.deaf = "the server ended ServerAudioStream"
-                self._trap(self.deaf)
-        except grpc.aio.AioRpcError as error:
-            if not self._closing:
-                self._failed("ServerAudioStream", error)
-                self.deaf = f"ServerAudioStream failed: {error.code()} {error.details()}"
-                self._trap(self.deaf)
-        except asyncio.CancelledError:
-            if not self._closing:
-                raise
-        finally:
-            self._notify()
+        with self._reading("ServerAudioStream"):
+            try:
+                async for packet in call:
+                    self._hear(packet, time.monotonic())
+                    self._notify()
+                if not self._closing:
+                    self.deaf = "the server ended ServerAudioStream"
+                    self._trap(self.deaf)
+            except grpc.aio.AioRpcError as error:
+                if not self._closing:
+                    self.deaf = f"ServerAudioStream failed: {error.code()} {error.details()}"
+                    self._trap(self.deaf)
+                raise  # and _reading records the failure
 
     def _hear(self, message: comms_pb2.AudioPacket, now: float) -> None:
         packet = Packet(now, message.is_start, message.is_end, bytes(message.data))

@@ -33,7 +33,7 @@ from chat_helpers import (
     without_streams,
 )
 from cli_helpers import HUB, Proc
-from fake_clock import clock_from_now
+from fake_clock import FakeClock, clock_from_now
 from stock_device import TcpRelay
 
 from hub.audio.library import SoundLibrary
@@ -480,17 +480,33 @@ async def test_session_ends_when_its_token_expires(
 # -- Departure -------------------------------------------------------------------
 
 
-async def test_a_client_that_vanishes_is_announced_gone_after_the_grace(
+async def graced_hub(
     serve_hub: ServeHub, open_channel: OpenChannel
-) -> None:
+) -> tuple[FakeClock, Hub, grpc.aio.Channel, Stream]:
+    """A chat hub whose grace runs on a fake clock, and an observer's open stream."""
     clock = clock_from_now()
     served = await serve_hub(settings(grace=GRACE), clock=clock, **chat_only())
     hub, channel = served.hub, open_channel(served.address)
     _, observer = await joined(hub, channel, "observer")
+    return clock, hub, channel, observer
+
+
+async def vanished(hub: Hub, channel: grpc.aio.Channel, observer: Stream) -> str:
+    """alice logs in and streams (the observer sees her come), then her stream
+    goes without a Logout; returns her token once the hub holds no stream of it,
+    so that the grace runs from there."""
     token, alice = await joined(hub, channel, "alice")
     assert (await observer.next()).client_login.name == "alice"
     alice.cancel()  # no Logout
     await without_streams(hub, token)
+    return token
+
+
+async def test_a_client_that_vanishes_is_announced_gone_after_the_grace(
+    serve_hub: ServeHub, open_channel: OpenChannel
+) -> None:
+    clock, hub, channel, observer = await graced_hub(serve_hub, open_channel)
+    token = await vanished(hub, channel, observer)
     clock.advance(GRACE)
     event = await observer.next()
     assert (kind(event), event.client_logout.name) == ("client_logout", "alice")
@@ -504,10 +520,7 @@ async def test_a_client_that_vanishes_is_announced_gone_after_the_grace(
 async def test_a_login_without_a_stream_is_gone_after_the_grace(
     serve_hub: ServeHub, open_channel: OpenChannel
 ) -> None:
-    clock = clock_from_now()
-    served = await serve_hub(settings(grace=GRACE), clock=clock, **chat_only())
-    hub, channel = served.hub, open_channel(served.address)
-    _, observer = await joined(hub, channel, "observer")
+    clock, _, channel, observer = await graced_hub(serve_hub, open_channel)
     await login(channel, "ghost")
     assert (await observer.next()).client_login.name == "ghost"
     clock.advance(GRACE)
@@ -518,14 +531,8 @@ async def test_a_login_without_a_stream_is_gone_after_the_grace(
 async def test_a_reconnect_within_the_grace_keeps_the_session(
     serve_hub: ServeHub, open_channel: OpenChannel
 ) -> None:
-    clock = clock_from_now()
-    served = await serve_hub(settings(grace=GRACE), clock=clock, **chat_only())
-    hub, channel = served.hub, open_channel(served.address)
-    _, observer = await joined(hub, channel, "observer")
-    token, alice = await joined(hub, channel, "alice")
-    assert (await observer.next()).client_login.name == "alice"
-    alice.cancel()
-    await without_streams(hub, token)  # the old stream is gone: the grace runs
+    clock, hub, channel, observer = await graced_hub(serve_hub, open_channel)
+    token = await vanished(hub, channel, observer)  # the old stream is gone: the grace runs
     clock.advance(GRACE - 1.0)
     again = Stream(channel, token)
     await wait_subscribers(hub, 2)

@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 from cli_helpers import Proc, Procs, Terminal, timeout
+from fake_serving import fed_queue
 
-from hub.proto import chat_pb2
+from hub.proto import chat_pb2, chat_pb2_grpc
 
 T = TypeVar("T")
 
@@ -31,7 +32,7 @@ T = TypeVar("T")
 ANSWER = 1.0
 
 
-class QuietChatServer:
+class QuietChatServer(chat_pb2_grpc.ChatServicer):
     """A chat server, on a thread of its own, that sends a stream's headers with its first event.
 
     Lines are echoed to every stream (the reference's one room). ``hold_login``
@@ -56,27 +57,7 @@ class QuietChatServer:
 
     async def _start(self) -> int:
         self._server = grpc.aio.server()
-        handler = grpc.method_handlers_generic_handler(
-            "chat.Chat",
-            {
-                "Login": grpc.unary_unary_rpc_method_handler(
-                    self._login,
-                    request_deserializer=chat_pb2.LoginRequest.FromString,
-                    response_serializer=chat_pb2.LoginResponse.SerializeToString,
-                ),
-                "Logout": grpc.unary_unary_rpc_method_handler(
-                    self._logout,
-                    request_deserializer=chat_pb2.LogoutRequest.FromString,
-                    response_serializer=chat_pb2.LogoutResponse.SerializeToString,
-                ),
-                "Stream": grpc.stream_stream_rpc_method_handler(
-                    self._stream,
-                    request_deserializer=chat_pb2.StreamRequest.FromString,
-                    response_serializer=chat_pb2.StreamResponse.SerializeToString,
-                ),
-            },
-        )
-        self._server.add_generic_rpc_handlers((handler,))
+        chat_pb2_grpc.add_ChatServicer_to_server(self, self._server)  # type: ignore[no-untyped-call]
         port = self._server.add_insecure_port("127.0.0.1:0")
         await self._server.start()
         return port
@@ -91,7 +72,7 @@ class QuietChatServer:
             if not self._changed.wait_for(condition, timeout(seconds)):
                 raise AssertionError(f"timed out waiting for the server to see {what}")
 
-    async def _login(
+    async def Login(
         self, request: chat_pb2.LoginRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.LoginResponse:
         self._note(lambda: self.logins.append(request.name))
@@ -99,27 +80,21 @@ class QuietChatServer:
             await asyncio.Event().wait()  # until the caller gives up
         return chat_pb2.LoginResponse(token=f"token-of-{request.name}")
 
-    async def _logout(
+    async def Logout(
         self, request: chat_pb2.LogoutRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.LogoutResponse:
         self._note(lambda: self.logouts.append(request.token))
         return chat_pb2.LogoutResponse()
 
-    async def _stream(
+    async def Stream(
         self, requests: AsyncIterator[chat_pb2.StreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[chat_pb2.StreamResponse]:
         token = dict(context.invocation_metadata() or ()).get("x-chat-token", "")
         name = str(token).removeprefix("token-of-")
-        queue: asyncio.Queue[chat_pb2.StreamResponse] = asyncio.Queue()
-        self._streams.add(queue)
-        reader = asyncio.create_task(self._read(requests, name))
-        try:
+        async with fed_queue(self._streams, self._read(requests, name)) as queue:
             while True:
                 # Nothing is yielded, so no headers are sent, until an event.
                 yield await queue.get()
-        finally:
-            self._streams.discard(queue)
-            reader.cancel()
 
     async def _read(self, requests: AsyncIterator[chat_pb2.StreamRequest], name: str) -> None:
         async for request in requests:

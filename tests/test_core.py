@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 import pytest
@@ -137,6 +138,49 @@ def test_drop_oldest_never_loses_a_marker_or_reorders(flags: list[bool], maxlen:
     assert [p.event for p in left] == sorted(p.event for p in left)
     assert sum(not p.droppable for p in left) == markers_sent
     assert sub.dropped == len(flags) - len(left)
+
+
+def test_drop_oldest_tells_on_skip_of_each_item_it_drops() -> None:
+    skipped: list[int] = []
+    sub = Subscription("c", maxlen=2, overflow=Overflow.DROP_OLDEST, on_skip=skipped.append)
+    for n in range(5):
+        sub.deliver(pub(n, droppable=True))
+    assert skipped == [1, 1, 1] and sub.dropped == 3
+    assert queued(sub) == [3, 4]
+
+
+class DropAll:
+    """A policy object: the queue empties when full, or nothing may go."""
+
+    def __init__(self, *, may_drop: bool) -> None:
+        self.may_drop = may_drop
+
+    def make_room(self, queue: deque[Publication]) -> int | None:
+        if not self.may_drop:
+            return None
+        dropped = len(queue)
+        queue.clear()
+        return dropped
+
+
+def test_an_overflow_policy_object_decides_what_goes() -> None:
+    skipped: list[int] = []
+    sub = Subscription("c", maxlen=3, overflow=DropAll(may_drop=True), on_skip=skipped.append)
+    for n in range(7):
+        sub.deliver(pub(n))
+    assert queued(sub) == [6]
+    assert skipped == [3, 3] and sub.dropped == 6 and not sub.closed
+
+
+@pytest.mark.asyncio
+async def test_an_overflow_policy_that_drops_nothing_disconnects() -> None:
+    skipped: list[int] = []
+    sub = Subscription("c", maxlen=1, overflow=DropAll(may_drop=False), on_skip=skipped.append)
+    sub.deliver(pub(0))
+    sub.deliver(pub(1))
+    assert sub.closed and skipped == [] and sub.dropped == 0
+    with pytest.raises(SlowConsumer):
+        await anext(sub)
 
 
 @pytest.mark.asyncio

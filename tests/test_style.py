@@ -20,41 +20,10 @@ GENERATED = (ROOT / "hub" / "proto",)
 
 # (file, expression) -> why it is allowed for now.
 KNOWN: dict[tuple[str, str], str] = {
-    # The benchmarks' probes time and patch the server's internals on purpose;
-    # they measure proposals before anyone changes hub/, so they go where the
-    # proposal would (and a public name would cost the hot path they time).
-    **{
-        ("bench/tcp_micro.py", expr): "issue 12: a micro-benchmark of the fan-out's internals"
-        for expr in (
-            "hub._deliver",
-            "c._transport",
-            "c._transport._sock",
-            "codec._state",
-            "codec._slots",
-            "client._transport",
-        )
-    },
-    **{
-        ("bench/tcp_server_probe.py", expr): "issue 12: the server's timing probes and variants"
-        for expr in (
-            "hub_module.Hub._deliver",
-            "tcp_server.ClientConnection._list",
-            "codec._state",
-            "codec._slots",
-            "client._write",
-            "entry._start_fill",
-            "music._tracks",
-        )
-    },
     # Third-party and standard-library internals, with no public way in.
     ("clients/py_cli/terminal.py", "processor._call_handler"): (
-        "issue 12: prompt_toolkit offers no hook around a key binding's handler"
-    ),
-    ("hub/config.py", "argparse._ArgumentGroup"): (
-        "issue 12: argparse exports no public type for a group"
-    ),
-    ("tests/devices/test_devices_gate.py", "queue._queue"): (
-        "issue 12.3: DeviceAudio re-implements Subscription; its queue goes with it"
+        "prompt_toolkit offers no hook around a key binding's handler; its own bindings are "
+        "in Application._default_bindings, out of reach of the public key_bindings"
     ),
 }
 

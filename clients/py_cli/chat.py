@@ -28,8 +28,8 @@ import argparse
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Sequence
-from typing import Any, NamedTuple, TypeAlias, TypeVar
+from collections.abc import Sequence
+from typing import Any, NamedTuple, TypeAlias
 
 import grpc
 
@@ -37,18 +37,18 @@ from clients.py_cli.chat_client import ChatClient, ConnectTimeout, error_text, r
 from clients.py_cli.outbox import OUTBOX_MAX, PACE_BURST, PACE_RATE, Outbox, Pacer
 from clients.py_cli.rooms import RoomControl
 from clients.py_cli.terminal import (
+    Interrupted,
     LineSource,
     PipeLines,
     interactive,
     is_interactive,
     stop_signals,
+    unless_stopped,
 )
 from hub.lines import CLIENT, PROCESS, SERVER, Printer
 from hub.proto import chat_pb2
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # On the way out, how long to wait for the room to echo the last lines sent
 # (so that `printf 'hi\n' | hub -n alice` says "hi" before it logs out).
@@ -119,24 +119,6 @@ async def stop_reading(reading: asyncio.Task[None], outbox: Outbox, printer: Pri
         printer.line(CLIENT, f"not sent: {text}")
     if len(unsent) > UNSENT_SHOWN:
         printer.line(CLIENT, f"not sent: {len(unsent) - UNSENT_SHOWN} more lines")
-
-
-class Interrupted(Exception):
-    """The user asked to leave before the stream was open."""
-
-
-async def unless_stopped(awaitable: Awaitable[T], stops: Sequence[asyncio.Event]) -> T:
-    """``await awaitable``, or cancel it and raise ``Interrupted`` once any of ``stops`` is set."""
-    task = asyncio.ensure_future(awaitable)
-    waiting = [asyncio.create_task(stop.wait()) for stop in stops]
-    await asyncio.wait({task, *waiting}, return_when=asyncio.FIRST_COMPLETED)
-    for wait in waiting:
-        wait.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise Interrupted
-    return task.result()
 
 
 async def converse(

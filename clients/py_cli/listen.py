@@ -34,9 +34,9 @@ import io
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import soundfile as sf
 
@@ -65,14 +65,18 @@ from clients.py_cli.listen_ui import (
     is_interactive,
     prompt_terminal,
 )
-from clients.py_cli.terminal import LineSource, PipeLines, stop_signals
+from clients.py_cli.terminal import (
+    Interrupted,
+    LineSource,
+    PipeLines,
+    stop_signals,
+    unless_stopped,
+)
 from hub.audio.opus import OpusSettings
 from hub.lines import literal
 from hub.tcp import codec as proto
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 HELP = """\
 commands:
@@ -321,19 +325,6 @@ async def command_loop(lines: LineSource, client: ListenClient, listener: Listen
     return Ending.EOF
 
 
-async def unless(awaitable: Awaitable[T], event: asyncio.Event) -> T | None:
-    """``await awaitable``, or cancel it and return None once ``event`` is set."""
-    task = asyncio.ensure_future(awaitable)
-    waiting = asyncio.ensure_future(event.wait())
-    await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
-    waiting.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        return None
-    return task.result()
-
-
 def open_sinks(args: argparse.Namespace, screen: Screen) -> list[Sink]:
     sinks: list[Sink] = []
     if args.out is not None:
@@ -364,11 +355,11 @@ async def session(
     client = ListenClient(listener.on_event, name=args.name, token=args.token)
     try:
         try:
-            welcome = await unless(client.connect(args.host, args.port), signalled)
+            welcome = await unless_stopped(client.connect(args.host, args.port), [signalled])
         except ConnectError as exc:
             print(f"hub-listen: {exc}", file=sys.stderr)
             return 1
-        if welcome is None:  # Ctrl-C while connecting
+        except Interrupted:  # Ctrl-C while connecting
             return 0
         who = f" as {literal(welcome.user)}" if welcome.user else ""
         screen.line(

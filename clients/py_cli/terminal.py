@@ -11,6 +11,9 @@ Two kinds of standard input:
 
 Both give ``None`` at the end of input (Ctrl-D, end of file, Ctrl-C), and say
 what they hold that was typed but not yet given out (``unsent``).
+
+The user's stops (``stop_signals``, a key) are events; ``unless_stopped``
+waits on something, or gives it up when one of them is set.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import signal
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import (
     AbstractContextManager,
     ExitStack,
@@ -31,7 +34,7 @@ from contextlib import (
     nullcontext,
     redirect_stdout,
 )
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import Application, get_app_session
@@ -43,6 +46,8 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from hub.lines import Printer
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PROMPT = "> "
 # Lines read ahead of the sender: enough to absorb a paste, small enough that
@@ -173,11 +178,14 @@ def contain_key_errors(app: Application[Any]) -> None:
     """Let no key binding that fails end the prompt's input or print a traceback.
 
     prompt_toolkit runs key handlers from a reader callback: one that raises
-    ends its key processor (every later key is lost) and the loop prints the
-    traceback over the screen. ``ignore_mouse_reports`` removes the failure
-    known; this keeps any other to a bell. It wraps the processor's internal
-    ``_call_handler``; without it (a prompt_toolkit that changed), nothing is
-    wrapped.
+    makes its key processor drop every key queued after it (the rest of a
+    paste) and the loop prints the traceback over the screen.
+    ``ignore_mouse_reports`` removes the failure known; this keeps any other
+    to a bell. It wraps the processor's internal ``_call_handler``, the one
+    place every handler passes: prompt_toolkit's own bindings (where the
+    known failure was) sit in the application's private ``_default_bindings``,
+    out of reach of a wrapper around the public ``key_bindings``. Without
+    ``_call_handler`` (a prompt_toolkit that changed), nothing is wrapped.
     """
     processor = app.key_processor
     call_handler = getattr(processor, "_call_handler", None)
@@ -330,3 +338,21 @@ def stop_signals(on_signal: asyncio.Event) -> Iterator[None]:
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+
+
+class Interrupted(Exception):
+    """The user asked to stop (a key, a signal) before what was awaited was done."""
+
+
+async def unless_stopped(awaitable: Awaitable[T], stops: Sequence[asyncio.Event]) -> T:
+    """``await awaitable``, or cancel it and raise ``Interrupted`` once any of ``stops`` is set."""
+    task = asyncio.ensure_future(awaitable)
+    waiting = [asyncio.create_task(stop.wait()) for stop in stops]
+    await asyncio.wait({task, *waiting}, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waiting:
+        wait.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise Interrupted
+    return task.result()

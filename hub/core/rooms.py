@@ -33,6 +33,7 @@ from hub.core import leds
 from hub.core.events import AudioFrame, LedFrame, RoomChanged, RoomNotice, StreamEnd
 from hub.core.fanout import Fanout
 from hub.core.observer import Observer, Unobserved
+from hub.core.publication import Publication
 from hub.core.roomstate import ABOUT_A_STREAM, Action, Input, RoomRecord, RoomState, step
 from hub.core.roomstore import MemoryRoomStore, RoomCluster, RoomStore
 from hub.core.subscription import Overflow
@@ -111,6 +112,64 @@ class AudioGate:
             self.over.append(self.current)
         self.current = frame.stream_id
         return Admit.SEND if frame.is_start else Admit.SEND_AS_START
+
+
+class SkipAhead:
+    """The overflow policy of a listener's audio queue: skip ahead, never disconnect.
+
+    The queue holds what a gate let through (each packet flagged as the
+    listener is to get it). A listener that falls ``maxlen`` packets behind
+    loses, oldest first:
+
+    1. plain packets of sound: it skips ahead, as any live listener does;
+    2. when only start and end marks are queued (streams started and cut
+       faster than it reads: many Play presses at once), the oldest stream
+       whose start and end are both still queued, whole: the listener never
+       hears a stream that lasted a few milliseconds, and sees no end without
+       its start nor a start without its end;
+    3. failing that, the oldest stream whose start is queued and followed by
+       another stream's start (across hubs a new stream may take over before
+       the old one's end arrives): the stock device would throw it away
+       unplayed anyway.
+
+    With ``maxlen >= MIN_QUEUE`` a queue of marks always holds such a stream
+    (only its first end and its last start can stand alone), so the listener
+    is never disconnected: ending a stock device's ServerAudioStream would
+    leave it deaf until Connect is pressed twice.
+    """
+
+    MIN_QUEUE = 3
+
+    def make_room(self, queue: deque[Publication]) -> int | None:
+        for index, pub in enumerate(queue):
+            frame: AudioFrame = pub.event
+            if not (frame.is_start or frame.is_end):
+                del queue[index]
+                return 1
+        stream_id = self._stream_to_drop(queue)
+        if stream_id is None:
+            return None  # a queue shorter than MIN_QUEUE
+        kept = [pub for pub in queue if pub.event.stream_id != stream_id]
+        dropped = len(queue) - len(kept)
+        queue.clear()
+        queue.extend(kept)
+        return dropped
+
+    @staticmethod
+    def _stream_to_drop(queue: deque[Publication]) -> int | None:
+        begun: set[int] = set()
+        previous: int | None = None  # the stream of the last start seen
+        superseded: int | None = None  # the first stream another one's start followed
+        for pub in queue:
+            frame: AudioFrame = pub.event
+            if frame.is_start:
+                if superseded is None:
+                    superseded = previous
+                begun.add(frame.stream_id)
+                previous = frame.stream_id
+            elif frame.is_end and frame.stream_id in begun:
+                return frame.stream_id
+        return superseded
 
 
 END_REASONS = {

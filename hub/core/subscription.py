@@ -2,13 +2,17 @@
 
 Publishing must never wait on a recipient, or one slow client stalls the room
 (see websockets' broadcast notes). So ``deliver`` is synchronous and O(1), and
-what happens when the bound is reached is an explicit policy:
+what happens when the bound is reached is an explicit policy, the one thing
+in which subscriptions differ (an ``OverflowPolicy``):
 
 - ``Overflow.DISCONNECT`` (chat): the subscriber is closed with
   ``SlowConsumer``. Nothing is dropped silently; the client learns why.
-- ``Overflow.DROP_OLDEST`` (live audio): the oldest droppable item is discarded,
-  so a lagging listener skips ahead; items that are not droppable (stream
-  start and end marks) are never discarded.
+- ``Overflow.DROP_OLDEST`` (LED frames, room records): the oldest droppable
+  item is discarded, so a lagging listener skips ahead; items that are not
+  droppable (stream start and end marks, notices) are never discarded, and a
+  queue full of them disconnects as DISCONNECT does.
+- ``SkipAhead`` (a device's audio, ``hub.core.rooms``): drops plain packets,
+  then whole streams, and never disconnects.
 """
 
 from __future__ import annotations
@@ -36,9 +40,28 @@ class Subscriber(Protocol):
     def close(self, error: HubError | None = None) -> None: ...
 
 
+class OverflowPolicy(Protocol):
+    """What a full subscription does with one more item."""
+
+    def make_room(self, queue: deque[Publication]) -> int | None:
+        """Drop from ``queue`` (full) to make room for one more item.
+
+        Returns how many items went, at least one; or None if none may go,
+        and the subscriber is disconnected as a slow consumer.
+        """
+
+
 class Overflow(enum.Enum):
     DISCONNECT = "disconnect"
     DROP_OLDEST = "drop_oldest"
+
+    def make_room(self, queue: deque[Publication]) -> int | None:
+        if self is Overflow.DROP_OLDEST:
+            for index, queued in enumerate(queue):
+                if queued.droppable:
+                    del queue[index]
+                    return 1
+        return None
 
 
 class Subscription:
@@ -49,9 +72,10 @@ class Subscription:
         channel: str,
         *,
         maxlen: int,
-        overflow: Overflow,
+        overflow: OverflowPolicy,
         label: str = "",
         on_close: Callable[[Subscription], None] | None = None,
+        on_skip: Callable[[int], None] | None = None,
     ) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
@@ -59,12 +83,13 @@ class Subscription:
         self.maxlen = maxlen
         self.overflow = overflow
         self.label = label  # for log lines: who this is
-        self.dropped = 0  # items skipped under DROP_OLDEST
+        self.dropped = 0  # items the overflow policy dropped
         self._queue: deque[Publication] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._error: HubError | None = None
         self._on_close = on_close
+        self._on_skip = on_skip  # told how many items each overflow dropped
 
     @property
     def closed(self) -> bool:
@@ -78,13 +103,6 @@ class Subscription:
         if self._closed:
             return
         if len(self._queue) >= self.maxlen and not self._make_room():
-            log.warning(
-                "%s: disconnected as slow consumer on %s (%d queued)",
-                self.label or "subscriber",
-                self.channel,
-                len(self._queue),
-            )
-            self.close(SlowConsumer(f"too slow: more than {self.maxlen} events queued"))
             return
         self._queue.append(pub)
         waiter = self._waiter
@@ -92,14 +110,21 @@ class Subscription:
             waiter.set_result(None)
 
     def _make_room(self) -> bool:
-        if self.overflow is not Overflow.DROP_OLDEST:
+        """Apply the overflow policy to the full queue: False if it disconnected."""
+        dropped = self.overflow.make_room(self._queue)
+        if dropped is None:
+            log.warning(
+                "%s: disconnected as slow consumer on %s (%d queued)",
+                self.label or "subscriber",
+                self.channel,
+                len(self._queue),
+            )
+            self.close(SlowConsumer(f"too slow: more than {self.maxlen} events queued"))
             return False
-        for index, queued in enumerate(self._queue):
-            if queued.droppable:
-                del self._queue[index]
-                self.dropped += 1
-                return True
-        return False
+        self.dropped += dropped
+        if self._on_skip is not None:
+            self._on_skip(dropped)
+        return True
 
     def close(self, error: HubError | None = None) -> None:
         """End the subscription.

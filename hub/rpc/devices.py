@@ -25,11 +25,10 @@ it half-alive:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -38,7 +37,7 @@ from hub.core import leds
 from hub.core.events import AudioFrame, LedFrame
 from hub.core.hub import Hub
 from hub.core.publication import Publication
-from hub.core.rooms import Admit, AudioGate, Room, check_room_id
+from hub.core.rooms import Admit, AudioGate, Room, SkipAhead, check_room_id
 from hub.core.roomstate import Input
 from hub.core.sessions import Session
 from hub.core.subscription import Overflow, Subscription
@@ -64,10 +63,11 @@ BUTTONS: dict[int, Input] = {
 
 # Queue bounds per device. Audio: 25 packets of 20 ms is half a second; a
 # device further behind than that skips the oldest audio and catches up
-# (see DeviceAudio for the marks). Status: only the newest LED frame matters,
+# (see SkipAhead for the marks). Status: only the newest LED frame matters,
 # so a short queue that drops old frames suffices.
 AUDIO_QUEUE = 25
 STATUS_QUEUE = 8
+SKIP_AHEAD = SkipAhead()
 
 
 def encode_frame(leds_: tuple[int, ...]) -> bytes:
@@ -90,14 +90,6 @@ def encode_packet(pub: Publication) -> bytes:
     ).SerializeToString()
 
 
-def encode_packet_as_start(pub: Publication) -> bytes:
-    """For a device that joins mid-stream: its first packet opens the stream."""
-    frame: AudioFrame = pub.event
-    return comms_pb2.AudioPacket(
-        is_start=True, is_end=frame.is_end, data=frame.data
-    ).SerializeToString()
-
-
 class DeviceFrames(Subscription):
     """A device's view of its room's status channel: LED frames only.
 
@@ -113,33 +105,22 @@ class DeviceFrames(Subscription):
             super().deliver(pub)
 
 
-@dataclass(slots=True)
-class _Queued:
-    stream_id: int
-    start: bool  # as the device is sent it (a late joiner's first packet is one)
-    end: bool
-    data: bytes
-    published: float
+def opening(pub: Publication) -> Publication:
+    """``pub`` as a late joiner's first packet of its stream: it opens the stream."""
+    frame: AudioFrame = pub.event
+    return Publication(
+        pub.channel, dataclasses.replace(frame, is_start=True), pub.time, position=pub.position
+    )
 
 
-class DeviceAudio:
+class DeviceAudio(Subscription):
     """One device's ServerAudioStream queue: gated as it fills, bounded, never cut.
 
     The AudioGate runs as each packet is delivered, so the queue holds exactly
-    what the device will be sent, each packet flagged for it. A device that
-    falls ``maxlen`` packets behind loses, oldest first:
-
-    1. plain packets of sound: it skips ahead, as any live listener does;
-    2. when only start and end marks are queued (streams started and cut
-       faster than it reads: many Play presses at once), the oldest stream
-       whose start and end are both still queued, whole: the device never
-       hears a stream that lasted a few milliseconds, and sees no end without
-       its start nor a start without its end. With ``maxlen >= 3`` a queue of
-       marks always holds such a stream (only its first end and its last start
-       can be unpaired).
-
-    It never disconnects the device: ending ServerAudioStream would leave the
-    stock client deaf until Connect is pressed twice.
+    what the device will be sent, each packet flagged for it. A full queue
+    skips ahead (``SkipAhead``: plain packets, then whole streams) and never
+    disconnects the device: ending ServerAudioStream would leave the stock
+    client deaf until Connect is pressed twice.
     """
 
     def __init__(
@@ -150,82 +131,19 @@ class DeviceAudio:
         label: str = "",
         on_skip: Callable[[int], None] | None = None,
     ) -> None:
-        if maxlen < 3:
-            raise ValueError("maxlen must be at least 3")
-        self.channel = channel
-        self.maxlen = maxlen
-        self.label = label
-        self.dropped = 0
-        self.published = 0.0  # the wall time of the packet last handed out
-        self._on_skip = on_skip
+        if maxlen < SkipAhead.MIN_QUEUE:
+            raise ValueError(f"maxlen must be at least {SkipAhead.MIN_QUEUE}")
+        super().__init__(channel, maxlen=maxlen, overflow=SKIP_AHEAD, label=label, on_skip=on_skip)
         self._gate = AudioGate()
-        self._queue: deque[_Queued] = deque()
-        self._wakeup = asyncio.Event()
-        self._closed = False
-        self._error: HubError | None = None
 
     def deliver(self, pub: Publication) -> None:
-        frame: AudioFrame = pub.event
-        if self._closed:
-            return
-        admit = self._gate.admit(frame)
-        if admit is Admit.SKIP:
-            return
-        as_start = admit is Admit.SEND_AS_START
-        data = pub.encoded(encode_packet_as_start if as_start else encode_packet)
-        if len(self._queue) >= self.maxlen:
-            dropped = self.dropped
-            self._make_room()
-            if self._on_skip is not None:
-                self._on_skip(self.dropped - dropped)
-        self._queue.append(
-            _Queued(frame.stream_id, frame.is_start or as_start, frame.is_end, data, pub.time)
-        )
-        self._wakeup.set()
-
-    def _make_room(self) -> None:
-        queue = self._queue
-        for index, item in enumerate(queue):
-            if not (item.start or item.end):
-                del queue[index]
-                self.dropped += 1
-                return
-        begun: set[int] = set()
-        for item in queue:
-            if item.start:
-                begun.add(item.stream_id)
-            elif item.end and item.stream_id in begun:
-                stream_id = item.stream_id
-                self._queue = deque(q for q in queue if q.stream_id != stream_id)
-                self.dropped += len(queue) - len(self._queue)
-                return
-
-    def close(self, error: HubError | None = None) -> None:
-        """Stop taking packets; what is queued is still handed out, unless ``error``.
-
-        With ``error`` (the device's session ended) the queue is discarded
-        and the reader gets the error at once.
-        """
-        self._closed = True
-        if error is not None:
-            self._error = error
-            self._queue.clear()
-        self._wakeup.set()
-
-    def __aiter__(self) -> DeviceAudio:
-        return self
-
-    async def __anext__(self) -> bytes:
-        while not self._queue:
-            if self._error is not None:
-                raise self._error
-            if self._closed:
-                raise StopAsyncIteration
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        item = self._queue.popleft()
-        self.published = item.published
-        return item.data
+        admit = self._gate.admit(pub.event)
+        if admit is Admit.SEND:
+            super().deliver(pub)
+        elif admit is Admit.SEND_AS_START:
+            # Cached on ``pub`` like an encoding: every late joiner shares it,
+            # and so its serialized bytes.
+            super().deliver(pub.encoded(opening))
 
 
 class DeviceService:
@@ -341,9 +259,9 @@ class DeviceService:
         latency = metrics.write_latency(DEVICES)
         async with self._hub.attach(packets):
             with bound_to(self._hub.sessions, session, packets), metrics.stream_open(DEVICES):
-                async for data in packets:
-                    yield data
-                    latency.written(packets.published)
+                async for pub in packets:
+                    yield pub.encoded(encode_packet)
+                    latency.written(pub.time)
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = Methods("com.opalcamera.test.DeviceService", self._hub.clock)

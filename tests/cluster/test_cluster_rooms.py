@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -95,6 +96,61 @@ def shows(state: RoomState, mode: int) -> object:
     return lambda d: d.shows(leds.frame(state, mode))
 
 
+@dataclass(frozen=True)
+class Driven:
+    """A room that hub ``a`` drives, playing ``mode``, heard at hub ``b``."""
+
+    a: ClusterHub
+    b: ClusterHub
+    at_a: StockDevice
+    on_b: StockDevice
+    listener: RawClient
+    mode: int
+    first: proto.StreamStart
+
+
+async def driven_by_a_heard_at_b(
+    cluster: Cluster, opened: Opened, *, mode: int, packets: int
+) -> Driven:
+    """Two hubs; a device at ``a`` opens the room first (``a`` drives it), a
+    device at ``b`` sets ``mode`` and presses Play, and a listener at ``b`` has
+    heard ``packets`` packets of the stream."""
+    a, b = cluster.hub("--log-level", "info"), cluster.hub("--log-level", "info")
+    at_a = await opened.device(a)
+    a.proc.expect(DRIVES, seconds=timeout())
+    on_b = await opened.device(b)
+    listener = await opened.listener(b)
+    for _ in range(mode):
+        assert await on_b.mode() is True
+    await wait_all([at_a, on_b], shows(IDLE, mode), 5, f"mode {mode + 1} at both hubs")
+    assert await on_b.play() is True
+    first = await listener.skip_to(proto.StreamStart, 5)
+    assert first.title == TITLES[mode]
+    await listener.wait_for(lambda: len(listener.audio(first.stream_id)) >= packets, 5)
+    return Driven(a, b, at_a, on_b, listener, mode, first)
+
+
+async def handed_over_to_b(driven: Driven, how: str) -> proto.StreamStart:
+    """Once ``a`` has gone (``how``): ``b`` drives the room, which keeps its
+    mode, and the listener's stream stays well formed (the old stream's end, a
+    new start, its audio from seq 0); the gap in the audio is printed, with a
+    sanity bound. The new start."""
+    listener, first = driven.listener, driven.first
+    driven.b.proc.expect(DRIVES, seconds=timeout())
+    end = await listener.skip_to(proto.StreamEnd, 5)
+    assert end.stream_id == first.stream_id
+    second = await listener.next(proto.StreamStart, 5)
+    assert second.stream_id != first.stream_id
+    assert second.title == TITLES[driven.mode]  # the room kept its mode
+    resumed = await listener.next(proto.Audio, 5)
+    assert resumed.stream_id == second.stream_id and resumed.seq == 0
+    times = {id(r.event): r.time for r in listener.received}
+    gap = times[id(resumed)] - times[id(listener.audio(first.stream_id)[-1])]
+    print(f"\naudio gap at a listener on the other hub, driver {how}: {gap * 1000:.0f} ms")
+    assert gap < timeout(2.0) + 0.5  # a sanity bound; the note gives the figure
+    return second
+
+
 async def test_devices_on_two_hubs_are_one_room_with_one_sound(
     cluster: Cluster, opened: Opened
 ) -> None:
@@ -146,34 +202,10 @@ async def test_devices_on_two_hubs_are_one_room_with_one_sound(
 async def test_a_sound_goes_on_at_another_hub_when_its_driver_is_killed(
     cluster: Cluster, opened: Opened
 ) -> None:
-    a, b = cluster.hub("--log-level", "info"), cluster.hub("--log-level", "info")
-    doomed = await opened.device(a)  # a opens the room first: a drives it
-    a.proc.expect(DRIVES, seconds=timeout())
-    on_b = await opened.device(b)
-    listener = await opened.listener(b)
-    for _ in range(2):
-        assert await on_b.mode() is True
-    await wait_all([doomed, on_b], shows(IDLE, 2), 5, "mode 3 at both hubs")
-    assert await on_b.play() is True
-    first = await listener.skip_to(proto.StreamStart, 5)
-    assert first.title == TITLES[2]
-    await listener.wait_for(lambda: len(listener.audio(first.stream_id)) >= 25, 5)
-
+    driven = await driven_by_a_heard_at_b(cluster, opened, mode=2, packets=25)
+    a, on_b, listener = driven.a, driven.on_b, driven.listener
     a.proc.signal(signal.SIGKILL)
-    b.proc.expect(DRIVES, seconds=timeout())
-    # The listener's stream stays well formed: the old stream's end, a new start.
-    end = await listener.skip_to(proto.StreamEnd, 5)
-    assert end.stream_id == first.stream_id
-    second = await listener.next(proto.StreamStart, 5)
-    assert second.stream_id != first.stream_id
-    assert second.title == TITLES[2]  # the room kept its mode
-    resumed = await listener.next(proto.Audio, 5)
-    assert resumed.stream_id == second.stream_id and resumed.seq == 0
-    times = {id(r.event): r.time for r in listener.received}
-    last_before = listener.audio(first.stream_id)[-1]
-    gap = times[id(resumed)] - times[id(last_before)]
-    print(f"\naudio gap at a listener on the surviving hub, driver SIGKILLed: {gap * 1000:.0f} ms")
-    assert gap < timeout(2.0) + 0.5  # a sanity bound; the report gives the figure
+    second = await handed_over_to_b(driven, "SIGKILLed")
 
     await on_b.wait_for(
         lambda: len(on_b.streams) == 1 and on_b.current is not None,
@@ -188,41 +220,22 @@ async def test_a_sound_goes_on_at_another_hub_when_its_driver_is_killed(
     assert (end.stream_id, end.reason) == (second.stream_id, proto.StreamEndReason.STOPPED)
     on_b.check()
     listener.check()
-    opened.devices.remove(doomed)  # its hub is gone: nothing to hang up
+    opened.devices.remove(driven.at_a)  # its hub is gone: nothing to hang up
 
 
 async def test_a_hub_stopped_with_sigterm_hands_its_room_over_at_once(
     cluster: Cluster, opened: Opened
 ) -> None:
-    a, b = cluster.hub("--log-level", "info"), cluster.hub("--log-level", "info")
-    leaving = await opened.device(a)  # a opens the room first: a drives it
-    a.proc.expect(DRIVES, seconds=timeout())
-    on_b = await opened.device(b)
-    listener = await opened.listener(b)
-    assert await on_b.mode() is True
-    await wait_all([leaving, on_b], shows(IDLE, 1), 5, "mode 2 at both hubs")
-    assert await on_b.play() is True
-    first = await listener.skip_to(proto.StreamStart, 5)
-    await listener.wait_for(lambda: len(listener.audio(first.stream_id)) >= 10, 5)
-
+    driven = await driven_by_a_heard_at_b(cluster, opened, mode=1, packets=10)
+    a, on_b, listener = driven.a, driven.on_b, driven.listener
     a.proc.signal(signal.SIGTERM)
-    # The lease is given up, not left to lapse: b drives from here on, the
-    # room keeps its mode, and the listener's stream stays well formed.
-    b.proc.expect(DRIVES, seconds=timeout())
-    end = await listener.skip_to(proto.StreamEnd, 5)
-    assert end.stream_id == first.stream_id
-    second = await listener.next(proto.StreamStart, 5)
-    assert second.title == TITLES[1]
-    resumed = await listener.next(proto.Audio, 5)
-    times = {id(r.event): r.time for r in listener.received}
-    gap = times[id(resumed)] - times[id(listener.audio(first.stream_id)[-1])]
-    print(f"\naudio gap on the other hub, driver stopped by SIGTERM: {gap * 1000:.0f} ms")
-    assert gap < timeout(2.0) + 0.5  # a sanity bound; the note gives the figure
+    # The lease is given up, not left to lapse: b drives from here on.
+    await handed_over_to_b(driven, "stopped by SIGTERM")
     await on_b.wait_for(lambda: on_b.shows(leds.frame(PLAYING, 1)), 5)
     on_b.check()
     listener.check()
     assert a.proc.wait(5) == 0  # (a blocking wait: after the figures are taken)
-    opened.devices.remove(leaving)  # its hub is gone: nothing to hang up
+    opened.devices.remove(driven.at_a)  # its hub is gone: nothing to hang up
 
 
 async def test_a_tcp_publisher_at_one_hub_is_heard_at_another(

@@ -110,3 +110,15 @@ def prefix_correlation(played: Played, reference: Pcm) -> float:
 
 StartHub = Callable[..., Awaitable[DeviceHub]]
 NewDevice = Callable[..., Awaitable[StockDevice]]
+
+
+async def hearing_the_long_sound(
+    served: DeviceHub, new_device: NewDevice, room_id: str, packets: int
+) -> StockDevice:
+    """A new device of ``room_id``, ready, that pressed Play in mode 0 (the long
+    sound) and has heard ``packets`` packets of it."""
+    device = await new_device(served.address, room_id)
+    await served.ready([device])
+    assert await device.play() is True
+    await device.wait_for(lambda: len(device.packets) >= packets, what="the long sound")
+    return device

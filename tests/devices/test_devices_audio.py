@@ -17,6 +17,7 @@ from device_helpers import (
     NewDevice,
     StartHub,
     frame,
+    hearing_the_long_sound,
     percentiles,
     prefix_correlation,
 )
@@ -81,10 +82,8 @@ async def test_play_runs_to_its_natural_end(served: DeviceHub, new_device: NewDe
 
 
 async def test_stop_ends_a_long_sound_at_once(served: DeviceHub, new_device: NewDevice) -> None:
-    device = await new_device(served.address, ROOM)
-    await served.ready([device])
-    assert await device.play() is True  # mode 0: two minutes long
-    await device.wait_for(lambda: len(device.packets) >= 25, what="half a second of sound")
+    # Mode 0 is two minutes long; 25 packets are half a second of it.
+    device = await hearing_the_long_sound(served, new_device, ROOM, packets=25)
     await device.wait_for(lambda: device.shows(frame(PLAYING, LONG)), what="playing LEDs")
     pressed = time.monotonic()
     assert await device.stop() is True
@@ -115,10 +114,7 @@ async def test_play_during_play_restarts_with_the_new_mode(
     served: DeviceHub, new_device: NewDevice
 ) -> None:
     """The long mode-1 sound, Mode to mode 2, Play: mode 2's sound from its start."""
-    device = await new_device(served.address, ROOM)
-    await served.ready([device])
-    assert await device.play() is True
-    await device.wait_for(lambda: len(device.packets) >= 10, what="the long sound")
+    device = await hearing_the_long_sound(served, new_device, ROOM, packets=10)
     first = device.current
     assert first is not None
     assert await device.mode() is True

@@ -18,6 +18,7 @@ from device_helpers import (
     DeviceHub,
     NewDevice,
     frame,
+    hearing_the_long_sound,
 )
 from fake_clock import FakeClock
 from stock_device import StockDevice, wait_all
@@ -197,10 +198,7 @@ async def test_reconnecting_within_the_linger_finds_the_room_as_it_was(
 async def test_the_last_device_leaving_stops_the_sound(
     served: DeviceHub, new_device: NewDevice
 ) -> None:
-    device = await new_device(served.address, ROOM)
-    await served.ready([device])
-    assert await device.play() is True
-    await device.wait_for(lambda: len(device.packets) >= 5)
+    device = await hearing_the_long_sound(served, new_device, ROOM, packets=5)
     await device.disconnect()
     await eventually(
         lambda: served.room(ROOM).state is RoomState.IDLE and served.room(ROOM).members == 0,

@@ -19,7 +19,7 @@ from stock_device import MODE, OWN_LED, StockDevice
 
 from hub.audio.opus import OpusSettings, encode_blocks, silence_packet
 from hub.audio.testing import tone
-from hub.proto import comms_pb2
+from hub.proto import comms_pb2, comms_pb2_grpc
 
 pytestmark = pytest.mark.asyncio
 
@@ -40,11 +40,11 @@ class Script:
     answers: list[comms_pb2.DeviceStatusResponse] = field(default_factory=list)
 
 
-class FakeDeviceService:
+class FakeDeviceService(comms_pb2_grpc.DeviceServiceServicer):
     def __init__(self, script: Script) -> None:
         self.script = script
 
-    async def status_stream(
+    async def StatusStream(
         self,
         responses: AsyncIterator[comms_pb2.DeviceStatusResponse],
         context: grpc.aio.ServicerContext,
@@ -54,14 +54,14 @@ class FakeDeviceService:
             self.script.answers.append(await anext(responses))
         await asyncio.Future()  # open until the device goes
 
-    async def event_stream(
+    async def EventStream(
         self, events: AsyncIterator[comms_pb2.DeviceEvent], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[comms_pb2.DeviceEventResponse]:
         async for _ in events:
             for _ in range(self.script.acks_per_event):
                 yield comms_pb2.DeviceEventResponse(ack=True)
 
-    async def server_audio_stream(
+    async def ServerAudioStream(
         self, request: comms_pb2.AudioStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[comms_pb2.AudioPacket]:
         for packet in self.script.audio:
@@ -69,35 +69,13 @@ class FakeDeviceService:
         if not self.script.end_audio:
             await asyncio.Future()
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            "com.opalcamera.test.DeviceService",
-            {
-                "StatusStream": grpc.stream_stream_rpc_method_handler(
-                    self.status_stream,
-                    request_deserializer=comms_pb2.DeviceStatusResponse.FromString,
-                    response_serializer=comms_pb2.DeviceStatusRequest.SerializeToString,
-                ),
-                "EventStream": grpc.stream_stream_rpc_method_handler(
-                    self.event_stream,
-                    request_deserializer=comms_pb2.DeviceEvent.FromString,
-                    response_serializer=comms_pb2.DeviceEventResponse.SerializeToString,
-                ),
-                "ServerAudioStream": grpc.unary_stream_rpc_method_handler(
-                    self.server_audio_stream,
-                    request_deserializer=comms_pb2.AudioStreamRequest.FromString,
-                    response_serializer=comms_pb2.AudioPacket.SerializeToString,
-                ),
-            },
-        )
-
 
 @pytest_asyncio.fixture
 async def fake() -> AsyncIterator[tuple[Script, StockDevice]]:
     """A scripted server and a stand-in for it, connected once the script is set."""
     script = Script()
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers([FakeDeviceService(script).handler()])
+    comms_pb2_grpc.add_DeviceServiceServicer_to_server(FakeDeviceService(script), server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     device = StockDevice(f"127.0.0.1:{port}", "fake")

@@ -24,6 +24,7 @@ import grpc.aio
 import numpy as np
 import numpy.typing as npt
 import opuslib
+from fake_serving import fed_queue
 
 from clients.qt_device.loop import LoopThread
 from hub.core import leds
@@ -141,16 +142,10 @@ class FakeDeviceService(comms_pb2_grpc.DeviceServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[comms_pb2.DeviceStatusRequest]:
         device_id, room = await self._admit(context)
-        queue: asyncio.Queue[comms_pb2.DeviceStatusRequest] = asyncio.Queue()
-        queue.put_nowait(set_request(room.frame))  # the device waits for this
-        room.status.add(queue)
-        reader = asyncio.create_task(self._collect(device_id, request_iterator))
-        try:
+        async with fed_queue(room.status, self._collect(device_id, request_iterator)) as queue:
+            queue.put_nowait(set_request(room.frame))  # the device waits for this
             while True:
                 yield await queue.get()
-        finally:
-            room.status.discard(queue)
-            reader.cancel()
 
     async def _collect(
         self, device_id: str, answers: AsyncIterator[comms_pb2.DeviceStatusResponse]
@@ -206,13 +201,9 @@ class FakeDeviceService(comms_pb2_grpc.DeviceServiceServicer):
         self, request: comms_pb2.AudioStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[comms_pb2.AudioPacket]:
         _, room = await self._admit(context)
-        queue: asyncio.Queue[comms_pb2.AudioPacket] = asyncio.Queue()
-        room.audio.add(queue)
-        try:
+        async with fed_queue(room.audio) as queue:
             while True:
                 yield await queue.get()
-        finally:
-            room.audio.discard(queue)
 
     def send_get(self, device_id: str) -> None:
         """Ask every device of the room for its state (call on the server loop)."""

@@ -36,6 +36,9 @@ pytestmark = pytest.mark.asyncio
 SETTINGS = Settings(backplane=BackplaneSettings(hub_ttl=300.0))
 LINGER = SETTINGS.devices.linger
 KEYS = Keys()
+# The race: b opens each room this many turns of the event loop after the
+# last, so that some of its opens come before a's script and some after.
+TURNS = 20
 
 
 @dataclass
@@ -157,9 +160,14 @@ async def test_a_hub_opening_a_room_as_another_forgets_it_sees_a_whole_record(
         ids = [f"device-{n}" for n in range(40)]
         for room_id in ids:
             await a.open(room_id)  # mode 1, version 1
-        opening = asyncio.gather(*(b.hub.rooms.open(room_id) for room_id in ids))
-        await asyncio.sleep(0)  # b's rooms are on their way to Redis...
-        await a.linger(*ids)  # ... as a forgets them
+
+        async def open_at_b(room_id: str, turns: int) -> None:
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            await b.hub.rooms.open(room_id)
+
+        opening = asyncio.gather(*(open_at_b(room_id, TURNS * n) for n, room_id in enumerate(ids)))
+        await a.linger(*ids)  # a forgets them all as b opens them
         await opening
         outcomes = set()
         for room_id in ids:

@@ -15,6 +15,7 @@ that died stop counting as soon as its liveness key has expired.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,10 +45,21 @@ def _record(raw: Mapping[Any, Any]) -> RoomRecord:
     )
 
 
+# KEYS: the counter; ARGV: where a new counter starts. A counter Redis lost
+# (restarted empty) starts again at a random point, not at 1: listeners' gates
+# remember the last streams as over, and would skip a new stream given one of
+# their ids again.
+NEXT_STREAM_ID = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('INCR', KEYS[1])
+"""
+
+
 class RedisRoomStore:
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
+        self._next_id = redis.register_script(NEXT_STREAM_ID)
 
     async def get(self, room_id: str) -> RoomRecord:
         try:
@@ -98,7 +110,9 @@ class RedisRoomStore:
 
     async def new_stream_id(self) -> int:
         try:
-            value = int(await self._redis.incr(self._keys.stream_ids))
+            value = int(
+                await self._next_id(keys=[self._keys.stream_ids], args=[secrets.randbelow(2**31)])
+            )
         except RedisError as error:
             raise unreachable("number a stream", error) from None
         return value % STREAM_ID_LIMIT or 1

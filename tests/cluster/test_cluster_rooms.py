@@ -323,11 +323,14 @@ async def test_a_room_after_redis_restarted_empty_starts_over_and_its_devices_fo
     for _ in range(3):
         assert await on_b.mode() is True
     await wait_all([on_a, on_b], shows(IDLE, 3), 5, "mode 4 at both hubs")
+    restarted = time.monotonic()
     redis_server.restart()
     # The room's record went with Redis: the room starts over, and the
     # devices, still connected, show it (the stock device cannot reconnect
     # by itself: its streams must outlive the loss).
     await wait_all([on_a, on_b], shows(IDLE, 0), 15, "the first mode at both hubs")
+    shown = (time.monotonic() - restarted) * 1000
+    print(f"\nRedis restarted empty: both devices showed the new room after {shown:.0f} ms")
     for device in (on_a, on_b):
         device.check()
     assert await on_a.mode() is True
@@ -355,6 +358,7 @@ async def test_a_stream_playing_when_redis_restarts_empty_ends_at_every_device(
         5,
         "half a second of the sound",
     )
+    restarted = time.monotonic()
     redis_server.restart()
     # Every device gets the end of what it was playing (and plays it), and
     # shows the room as Redis has it now: idle, in its first mode.
@@ -364,6 +368,8 @@ async def test_a_stream_playing_when_redis_restarts_empty_ends_at_every_device(
         15,
         "the stream's end, and the room idle",
     )
+    ended = max((d.streams[0].ended or 0.0) - restarted for d in (on_a, on_b)) * 1000
+    print(f"\nRedis restarted empty mid-stream: the end at both devices after {ended:.0f} ms")
     for device in (on_a, on_b):
         device.check()
         assert all(s.packets[0].is_start and s.packets[-1].is_end for s in device.streams)

@@ -144,10 +144,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-# KEYS: members; ARGV: hub, change, prefix. The members on live hubs; a dead
-# hub's count is dropped here (its liveness key expired).
+# KEYS: members; ARGV: hub, change, prefix, and 'set' if the change is the
+# hub's whole count (said again: Redis lost it). The members on live hubs; a
+# dead hub's count is dropped here (its liveness key expired).
 COUNT = """
-if tonumber(ARGV[2]) ~= 0 then
+if ARGV[4] == 'set' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  if tonumber(ARGV[2]) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+elseif tonumber(ARGV[2]) ~= 0 then
   if redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2]) <= 0 then
     redis.call('HDEL', KEYS[1], ARGV[1])
   end
@@ -206,11 +210,14 @@ class RedisRoomCluster:
     async def members(self, room_id: str) -> int:
         return await self._members(room_id, 0)
 
-    async def _members(self, room_id: str, change: int) -> int:
+    async def present(self, room_id: str, members: int) -> int:
+        return await self._members(room_id, members, "set")
+
+    async def _members(self, room_id: str, change: int, how: str = "") -> int:
         try:
             total = await self._count(
                 keys=[self._keys.room_members(room_id)],
-                args=[self._hub_id, change, self._keys.prefix],
+                args=[self._hub_id, change, self._keys.prefix, how],
             )
         except RedisError as error:
             raise unreachable(f"count the members of room {room_id}", error) from None

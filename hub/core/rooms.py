@@ -365,6 +365,7 @@ class Room:
 
     async def _follow(self, cluster: RoomCluster) -> None:
         shown = self.frame  # on this hub's devices, as far as it knows
+        recount = False  # whether the room's members may have been lost too
         while True:
             try:
                 async with self._hub.subscribe(
@@ -377,6 +378,11 @@ class Room:
                     # Subscribed first, then read: no step falls in between.
                     playing = self._playing
                     self._heard(await self._rooms.store.get(self.id))
+                    if recount:
+                        # Lost with the record, the count would say the room
+                        # is empty: a member leaving would stop its sound for all.
+                        self.everywhere = await cluster.present(self.id, self.members)
+                        recount = False
                     self.followed.set()
                     if playing is not None and self._playing != playing:
                         # The record read says the stream is over, yet no step
@@ -411,6 +417,7 @@ class Room:
                 self.version = -1
                 self.followed.clear()
                 shown = self.frame  # every step heard published its frame
+                recount = True
             # Lost news (Redis restarted, or out of reach): try again shortly.
             await self._hub.clock.sleep(cluster.renew)
 

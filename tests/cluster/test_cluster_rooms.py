@@ -346,6 +346,15 @@ async def test_a_room_after_redis_restarted_empty_starts_over_and_its_devices_fo
     await heard_at_both_after(on_a, [on_a, on_b])
     await heard_at_both_after(on_b, [on_a, on_b])
 
+    # The room's members went with Redis too, and each hub counted its own
+    # again: a device leaving one hub leaves the sound on for the other's.
+    assert await on_b.play() is True
+    await on_a.wait_for(lambda: on_a.current is not None, 5, "the sound at a")
+    await on_a.disconnect()
+    heard = len(on_b.packets)
+    await on_b.wait_for(lambda: len(on_b.packets) > heard + 25, 5, "the sound plays on")
+    assert on_b.current is not None and on_b.shows(leds.frame(PLAYING, 0))
+
 
 async def test_a_stream_playing_when_redis_restarts_empty_ends_at_every_device(
     cluster: Cluster, redis_server: RedisServer, opened: Opened

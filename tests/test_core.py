@@ -13,11 +13,12 @@ from fake_clock import FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.core.broker import MemoryBroker, PublicationHandler
+from hub.core.broker import HistoryLost, MemoryBroker, PublicationHandler
 from hub.core.chat import CHANNEL, check_message, check_name
 from hub.core.events import (
     AudioFrame,
     LeaveReason,
+    LedFrame,
     ServerShutdown,
     StreamEnd,
     UserJoined,
@@ -414,6 +415,48 @@ async def test_a_full_subscriber_never_holds_back_the_others() -> None:
             await asyncio.wait_for(hub.publish("room", n), timeout())
         assert slow.closed
         assert queued(fast) == list(range(50))
+    await hub.close()
+
+
+@pytest.mark.asyncio
+async def test_lost_publications_end_chat_streams_and_leave_a_devices_streams_open() -> None:
+    """Redis restarted empty (the broker's HistoryLost): a chat stream ends
+    UNAVAILABLE and its client reconnects; a stock device, which would go deaf
+    for good, keeps both its queues: its open stream gets its end (a valid
+    packet: the room's silence), its LEDs the room's frame, and a stream that
+    plays on opens again at its next packet."""
+    from hub.rpc.devices import DeviceAudio, DeviceFrames
+
+    hub = make_hub()
+    await hub.start()
+    room = await hub.rooms.open("kitchen")
+    silence = hub.rooms.silence
+    audio = DeviceAudio(room.audio_channel, maxlen=8, silence=silence, clock=hub.clock)
+    frame = Publication(room.status_channel, LedFrame(room.frame), 0.0, droppable=True)
+    status = DeviceFrames(room.status_channel, maxlen=8, frame=lambda: frame)
+    async with (
+        hub.subscribe(CHANNEL, maxlen=8, overflow=Overflow.DISCONNECT) as chat,
+        hub.attach(audio),
+        hub.attach(status),
+    ):
+        await hub.publish(room.audio_channel, AudioFrame(7, 0, b"a", is_start=True))
+        await hub.publish(room.audio_channel, AudioFrame(7, 1, b"b"), droppable=True)
+        for channel in (CHANNEL, room.audio_channel, room.status_channel):
+            await hub.broker.publish(Publication(channel, HistoryLost("test"), 0.0))
+        with pytest.raises(Unavailable, match="events were lost"):
+            await anext(chat)
+        assert chat.closed and not audio.closed and not status.closed
+        heard = [(f.stream_id, f.data, f.is_start, f.is_end) for f in queued(audio)]
+        assert heard == [(7, b"a", True, False), (7, b"b", False, False), (7, silence, False, True)]
+        assert queued(status) == [frame.event]
+
+        await hub.publish(room.audio_channel, AudioFrame(7, 2, b"c"), droppable=True)
+        await hub.publish(room.audio_channel, AudioFrame(7, -1, silence, is_end=True))
+        heard = [(f.stream_id, f.data, f.is_start, f.is_end) for f in queued(audio)]
+        assert heard == [(7, b"c", True, False), (7, silence, False, True)]
+        # Nothing was open: a loss now adds nothing to the device's stream.
+        await hub.broker.publish(Publication(room.audio_channel, HistoryLost("test"), 0.0))
+        assert len(audio) == 0 and hub.subscriber_count(room.audio_channel) == 1
     await hub.close()
 
 

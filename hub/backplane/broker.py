@@ -11,7 +11,8 @@ XREAD loop on a connection of its own, from the last entry id it saw per
 channel. An entry whose epoch differs, or whose offset does not follow the
 last one, means publications were lost (Redis restarted empty, or the history
 was trimmed past this hub while it was away): the hub is handed
-``HistoryLost`` for the channel and ends its subscribers with UNAVAILABLE.
+``HistoryLost`` for the channel and tells its subscribers (chat streams end
+with UNAVAILABLE; a device's streams stay open, hub.core.subscription).
 After a lost connection the loop reconnects with backoff and resumes from the
 same ids; it checks the epochs first, so a Redis that came back empty is
 noticed even if nobody publishes again.

@@ -26,6 +26,7 @@ hubs that were killed go too.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -55,6 +56,16 @@ def _record(raw: Mapping[Any, Any]) -> RoomRecord:
     )
 
 
+# KEYS: the counter; ARGV: where a new counter starts. A counter Redis lost
+# (restarted empty) starts again at a random point, not at 1: listeners' gates
+# remember the last streams as over, and would skip a new stream given one of
+# their ids again.
+NEXT_STREAM_ID = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('INCR', KEYS[1])
+"""
+
+
 class RedisRoomStore:
     def __init__(
         self, redis: aioredis.Redis, keys: Keys, settings: BackplaneSettings | None = None
@@ -62,6 +73,7 @@ class RedisRoomStore:
         self._redis = redis
         self._keys = keys
         self._ttl_ms = _ms((settings or BackplaneSettings()).room_ttl)
+        self._next_id = redis.register_script(NEXT_STREAM_ID)
 
     async def get(self, room_id: str) -> RoomRecord:
         try:
@@ -115,7 +127,9 @@ class RedisRoomStore:
 
     async def new_stream_id(self) -> int:
         try:
-            value = int(await self._redis.incr(self._keys.stream_ids))
+            value = int(
+                await self._next_id(keys=[self._keys.stream_ids], args=[secrets.randbelow(2**31)])
+            )
         except RedisError as error:
             raise unreachable("number a stream", error) from None
         return value % STREAM_ID_LIMIT or 1
@@ -152,11 +166,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-# KEYS: members; ARGV: hub, change, prefix, room ttl ms. The members on live
-# hubs; this hub has the room open (its field stays, 0 when it has no
+# KEYS: members; ARGV: hub, change, prefix, room ttl ms, and 'set' if the
+# change is the hub's whole count (said again: Redis lost it). The members on
+# live hubs; this hub has the room open (its field stays, 0 when it has no
 # member), and a dead hub's field is dropped here (its liveness key expired).
 COUNT = """
-if redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2]) < 0 then
+if ARGV[5] == 'set' then
+  redis.call('HSET', KEYS[1], ARGV[1], math.max(0, tonumber(ARGV[2])))
+elseif redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2]) < 0 then
   redis.call('HSET', KEYS[1], ARGV[1], 0)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -251,11 +268,14 @@ class RedisRoomCluster:
     async def members(self, room_id: str) -> int:
         return await self._members(room_id, 0)
 
-    async def _members(self, room_id: str, change: int) -> int:
+    async def present(self, room_id: str, members: int) -> int:
+        return await self._members(room_id, members, "set")
+
+    async def _members(self, room_id: str, change: int, how: str = "") -> int:
         try:
             total = await self._count(
                 keys=[self._keys.room_members(room_id)],
-                args=[self._hub_id, change, self._keys.prefix, self._ttl_ms],
+                args=[self._hub_id, change, self._keys.prefix, self._ttl_ms, how],
             )
         except RedisError as error:
             raise unreachable(f"count the members of room {room_id}", error) from None

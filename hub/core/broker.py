@@ -10,8 +10,9 @@ unsubscribes it with its last.
 A broker that carries publications between processes can lose some (its
 server restarted empty, its history was trimmed past where a hub had read).
 It never skips them silently: it hands the hub a publication whose event is
-``HistoryLost``, and the hub ends that channel's local subscribers with
-UNAVAILABLE.
+``HistoryLost``, and the hub tells that channel's local subscribers
+(``Subscriber.lost``): a chat stream ends with UNAVAILABLE, a stock device's
+streams stay open and start afresh.
 """
 
 from __future__ import annotations

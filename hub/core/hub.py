@@ -51,10 +51,12 @@ class ControlSink:
         if isinstance(event, SessionClosed):
             self._sessions.closed(event.session_id, event.reason)
 
+    def lost(self, error: HubError) -> None:
+        # News of ended sessions may be among what was lost.
+        self._sessions.lost()
+
     def close(self, error: HubError | None = None) -> None:
-        if error is not None:
-            # News of ended sessions may be among what was lost.
-            self._sessions.lost()
+        pass  # open for the hub's whole life: nothing to end
 
 
 class Hub:
@@ -143,11 +145,15 @@ class Hub:
 
     def _lost(self, channel: str, reason: str, subscribers: dict[Subscriber, None]) -> None:
         log.warning(
-            "%s: publications lost (%s): ending its %d streams", channel, reason, len(subscribers)
+            "%s: publications lost (%s): telling its %d subscribers",
+            channel,
+            reason,
+            len(subscribers),
         )
         error = Unavailable(f"events were lost between hubs ({reason}); reconnect")
+        # A copy: a subscriber that ends removes itself mid-loop.
         for subscriber in tuple(subscribers):
-            subscriber.close(error)
+            subscriber.lost(error)
 
     @asynccontextmanager
     async def subscribe(
@@ -164,8 +170,9 @@ class Hub:
     async def attach(self, subscriber: Subscriber) -> AsyncIterator[None]:
         """Deliver ``subscriber.channel``'s publications to ``subscriber`` while open.
 
-        Any object with ``deliver`` and ``close`` will do: a queue for a
-        consumer task, or a sink that writes straight to a transport.
+        Any ``Subscriber`` will do (``deliver``, ``lost`` and ``close``): a
+        queue for a consumer task, or a sink that writes straight to a
+        transport.
         """
         channel = subscriber.channel
         local = self._subscribers.setdefault(channel, {})

@@ -113,6 +113,15 @@ class AudioGate:
         self.current = frame.stream_id
         return Admit.SEND if frame.is_start else Admit.SEND_AS_START
 
+    def lost(self) -> int | None:
+        """Publications were lost: the stream open until now, to be ended here.
+
+        It is not remembered as over: if it plays on, its next packet opens
+        it again (``SEND_AS_START``), and its own end closes it as usual.
+        """
+        current, self.current = self.current, None
+        return current
+
 
 class SkipAhead:
     """The overflow policy of a listener's audio queue: skip ahead, never disconnect.
@@ -361,6 +370,8 @@ class Room:
 
     async def _follow(self, cluster: RoomCluster) -> None:
         await self._rooms.settled(self.id)
+        shown = self.frame  # on this hub's devices, as far as it knows
+        recount = False  # whether the room's members may have been lost too
         while True:
             try:
                 # Open here before anything is read: the hub that forgets the
@@ -374,12 +385,24 @@ class Room:
                     label=f"room {self.id}",
                 ) as heard:
                     # Subscribed first, then read: no step falls in between.
-                    shown = self.frame
+                    playing = self._playing
                     self._heard(await self._rooms.store.get(self.id))
+                    if recount:
+                        # Lost with the record, the count would say the room
+                        # is empty: a member leaving would stop its sound for all.
+                        self.everywhere = await cluster.present(self.id, self.members)
+                        recount = False
                     self.followed.set()
+                    if playing is not None and self._playing != playing:
+                        # The record read says the stream is over, yet no step
+                        # heard ended it (Redis lost the step, or the whole
+                        # record): its listeners had its start, so its end.
+                        await self._abandon(playing)
                     if self.frame != shown:
                         # Read again after news was lost: this hub's devices
-                        # may show what no step will publish again.
+                        # may show what no step will publish again (a step
+                        # lost, a record lost, or one taken meanwhile by
+                        # ``_take_over``, which publishes no frame).
                         await self._hub.publish(
                             self.status_channel, LedFrame(self.frame), droppable=True, local=True
                         )
@@ -402,6 +425,8 @@ class Room:
                 # whoever opens the room meanwhile waits for it.
                 self.version = -1
                 self.followed.clear()
+                shown = self.frame  # every step heard published its frame
+                recount = True
             # Lost news (Redis restarted, or out of reach): try again shortly.
             await self._hub.clock.sleep(cluster.renew)
 
@@ -434,8 +459,20 @@ class Room:
             elif self.driving and not driving:
                 log.warning("%s: another hub drives the room now", self.id)
                 self.driving = False
-                self._stop_player()
+                if (playing := self._playing) is not None:
+                    self._stop_player()
+                    # The new driver ends it when it resumes the record's
+                    # sound, but not if Redis lost the record: end it here
+                    # too (a listener's gate skips an end it has had).
+                    await self._abandon(playing)
             await self._hub.clock.sleep(cluster.renew)  # the lease's renewal period
+
+    async def _abandon(self, stream_id: int) -> None:
+        """End a stream this hub's player played and no step will end."""
+        try:
+            await self._publish_end(stream_id, StreamEnd.CLOSED)
+        except HubError as error:
+            log.warning("%s: cannot end stream %d (%s)", self.id, stream_id, error)
 
     async def _take_over(self) -> None:
         """This hub drives the room from now on: a sound left playing starts again here."""

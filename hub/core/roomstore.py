@@ -119,3 +119,7 @@ class RoomCluster(Protocol):
 
     async def members(self, room_id: str) -> int:
         """The members of the room on every live hub."""
+
+    async def present(self, room_id: str, members: int) -> int:
+        """This hub has ``members`` members (said again after Redis lost the
+        count): the members of the room on every live hub."""

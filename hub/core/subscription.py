@@ -37,6 +37,14 @@ class Subscriber(Protocol):
 
     def deliver(self, pub: Publication) -> None: ...
 
+    def lost(self, error: HubError) -> None:
+        """Publications of the channel were lost on their way here (``HistoryLost``).
+
+        What the subscriber makes of it is its own: a chat stream ends with
+        ``error`` (its client reconnects and is told); a stock device, which
+        would go deaf for good, stays open and starts afresh.
+        """
+
     def close(self, error: HubError | None = None) -> None: ...
 
 
@@ -125,6 +133,10 @@ class Subscription:
         if self._on_skip is not None:
             self._on_skip(dropped)
         return True
+
+    def lost(self, error: HubError) -> None:
+        """Publications of the channel were lost: by default, end with ``error``."""
+        self.close(error)
 
     def close(self, error: HubError | None = None) -> None:
         """End the subscription.

@@ -29,12 +29,12 @@ import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import grpc
 
+from hub.clock import Clock, SystemClock
 from hub.core import leds
-from hub.core.events import AudioFrame, LedFrame
+from hub.core.events import AudioFrame, LedFrame, StreamEnd
 from hub.core.hub import Hub
 from hub.core.publication import Publication
 from hub.core.rooms import Admit, AudioGate, Room, SkipAhead, check_room_id
@@ -100,9 +100,21 @@ class DeviceFrames(Subscription):
     queue drops the oldest and the newest always gets through.
     """
 
+    def __init__(
+        self, channel: str, *, maxlen: int, frame: Callable[[], Publication], label: str = ""
+    ) -> None:
+        super().__init__(channel, maxlen=maxlen, overflow=Overflow.DROP_OLDEST, label=label)
+        self._frame = frame  # the room's frame as this hub knows it now
+
     def deliver(self, pub: Publication) -> None:
         if isinstance(pub.event, LedFrame):
             super().deliver(pub)
+
+    def lost(self, error: HubError) -> None:
+        """Frames were lost: stay open (a StatusStream that ends freezes the
+        device's LEDs), and show the room's frame as this hub has it; the
+        room's own read after the loss publishes any change (``Room._follow``)."""
+        self.deliver(self._frame())
 
 
 def opening(pub: Publication) -> Publication:
@@ -128,6 +140,8 @@ class DeviceAudio(Subscription):
         channel: str,
         *,
         maxlen: int,
+        silence: bytes,
+        clock: Clock | None = None,
         label: str = "",
         on_skip: Callable[[int], None] | None = None,
     ) -> None:
@@ -135,6 +149,8 @@ class DeviceAudio(Subscription):
             raise ValueError(f"maxlen must be at least {SkipAhead.MIN_QUEUE}")
         super().__init__(channel, maxlen=maxlen, overflow=SKIP_AHEAD, label=label, on_skip=on_skip)
         self._gate = AudioGate()
+        self._silence = silence  # one valid Opus packet, for an end of our own
+        self._clock = clock or SystemClock()
 
     def deliver(self, pub: Publication) -> None:
         admit = self._gate.admit(pub.event)
@@ -144,6 +160,18 @@ class DeviceAudio(Subscription):
             # Cached on ``pub`` like an encoding: every late joiner shares it,
             # and so its serialized bytes.
             super().deliver(pub.encoded(opening))
+
+    def lost(self, error: HubError) -> None:
+        """Packets were lost: end the open stream now, and stay open.
+
+        The device plays what it has (its ``is_end`` carries a packet of
+        silence, as every end does), nothing queued is thrown away, and
+        whatever the room plays next opens a stream properly (AudioGate.lost).
+        """
+        stream_id = self._gate.lost()
+        if stream_id is not None:
+            end = AudioFrame(stream_id, -1, self._silence, is_end=True, end_reason=StreamEnd.CLOSED)
+            super().deliver(Publication(self.channel, end, self._clock.wall()))
 
 
 class DeviceService:
@@ -184,7 +212,7 @@ class DeviceService:
         updates = DeviceFrames(
             room.status_channel,
             maxlen=STATUS_QUEUE,
-            overflow=Overflow.DROP_OLDEST,
+            frame=functools.partial(self._frame, room),
             label=f"device {room.id} {peer}",
         )
 
@@ -216,12 +244,14 @@ class DeviceService:
             reader.cancel()
             self._metrics.stream_closed(DEVICES)
 
-    def _restore(self, room: Room, updates: Any) -> None:
-        updates.deliver(
-            Publication(
-                room.status_channel, LedFrame(room.frame), self._hub.clock.wall(), droppable=True
-            )
+    def _frame(self, room: Room) -> Publication:
+        """The room's LED frame as this hub has it now, for one device's queue."""
+        return Publication(
+            room.status_channel, LedFrame(room.frame), self._hub.clock.wall(), droppable=True
         )
+
+    def _restore(self, room: Room, updates: DeviceFrames) -> None:
+        updates.deliver(self._frame(room))
 
     async def event_stream(
         self, events: AsyncIterator[comms_pb2.DeviceEvent], context: grpc.aio.ServicerContext
@@ -253,6 +283,8 @@ class DeviceService:
         packets = DeviceAudio(
             room.audio_channel,
             maxlen=AUDIO_QUEUE,
+            silence=self._hub.rooms.silence,
+            clock=self._hub.clock,
             label=f"audio {room.id} {context.peer()}",
             on_skip=functools.partial(metrics.audio_skipped, DEVICES),
         )

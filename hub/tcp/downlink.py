@@ -94,6 +94,10 @@ class RoomListener:
         else:
             client.send_frame(audio, droppable=pub.droppable)
 
+    def lost(self, error: HubError) -> None:
+        # Our own client can be told (a fatal ERROR) and join again.
+        self._client.fail_with(error)
+
     def close(self, error: HubError | None = None) -> None:
         if error is not None:
             self._client.fail_with(error)

@@ -289,22 +289,99 @@ def tone(freq: float, seconds: float) -> Pcm:
     return out
 
 
-async def test_a_room_after_redis_restarted_empty_starts_over_at_every_hub(
+async def heard_at_both_after(pressed_at: StockDevice, devices: list[StockDevice]) -> None:
+    """Play pressed at one device is heard at every device (a stream with its
+    start, then its end when Stop is pressed at another), and their LEDs follow."""
+    before = [len(d.streams) for d in devices]
+    assert await pressed_at.play() is True
+    await wait_all(
+        devices,
+        lambda d: d.current is not None and len(d.current.packets) >= 10,
+        5,
+        "the new stream's first packets",
+    )
+    await wait_all(devices, shows(PLAYING, 0), 5, "playing at both hubs")
+    other = next(d for d in devices if d is not pressed_at)
+    assert await other.stop() is True
+    await wait_all(
+        devices,
+        lambda d: len(d.streams) == before[devices.index(d)] + 1 and d.current is None,
+        5,
+        "the new stream's end",
+    )
+    await wait_all(devices, shows(IDLE, 0), 5, "idle at both hubs")
+    for device in devices:
+        device.check()  # never deaf, no end without its start, every packet Opus
+        assert device.connections == 1  # nobody pressed Connect again
+
+
+async def devices_at_two_hubs(cluster: Cluster, opened: Opened, mode: int) -> list[StockDevice]:
+    """A device at each of two hubs, in one room in ``mode`` (set at the second)."""
+    on_a, on_b = await opened.device(cluster.hub()), await opened.device(cluster.hub())
+    for _ in range(mode):
+        assert await on_b.mode() is True
+    await wait_all([on_a, on_b], shows(IDLE, mode), 5, f"mode {mode + 1} at both hubs")
+    return [on_a, on_b]
+
+
+async def test_a_room_after_redis_restarted_empty_starts_over_and_its_devices_follow(
     cluster: Cluster, redis_server: RedisServer, opened: Opened
 ) -> None:
-    a, b = cluster.hub(), cluster.hub()
-    on_a, on_b = await opened.device(a), await opened.device(b)
-    for _ in range(3):
-        assert await on_b.mode() is True
-    await wait_all([on_a, on_b], shows(IDLE, 3), 5, "mode 4 at both hubs")
+    on_a, on_b = await devices_at_two_hubs(cluster, opened, 3)
+    restarted = time.monotonic()
     redis_server.restart()
-    # The room's record and news went with Redis: the devices hear so...
-    await wait_all([on_a, on_b], lambda d: d.deaf is not None, 15, "the audio stream's end")
+    # The room's record went with Redis: the room starts over, and the
+    # devices, still connected, show it (the stock device cannot reconnect
+    # by itself: its streams must outlive the loss).
+    await wait_all([on_a, on_b], shows(IDLE, 0), 15, "the first mode at both hubs")
+    shown = (time.monotonic() - restarted) * 1000
+    print(f"\nRedis restarted empty: both devices showed the new room after {shown:.0f} ms")
     for device in (on_a, on_b):
-        await device.disconnect()
-        await device.connect()
-        await device.wait_ready(15)
-    # ...and, connected again, find the room as Redis has it now: new.
-    await wait_all([on_a, on_b], shows(IDLE, 0), 5, "the first mode at both hubs")
-    assert await on_b.mode() is True
+        device.check()
+    assert await on_a.mode() is True
     await wait_all([on_a, on_b], shows(IDLE, 1), 5, "mode 2 at both hubs")
+    for _ in range(len(TITLES) - 1):  # round to the first mode
+        assert await on_b.mode() is True
+    await wait_all([on_a, on_b], shows(IDLE, 0), 5, "the first mode again")
+    await heard_at_both_after(on_a, [on_a, on_b])
+    await heard_at_both_after(on_b, [on_a, on_b])
+
+    # The room's members went with Redis too, and each hub counted its own
+    # again: a device leaving one hub leaves the sound on for the other's.
+    assert await on_b.play() is True
+    await on_a.wait_for(lambda: on_a.current is not None, 5, "the sound at a")
+    await on_a.disconnect()
+    heard = len(on_b.packets)
+    await on_b.wait_for(lambda: len(on_b.packets) > heard + 25, 5, "the sound plays on")
+    assert on_b.current is not None and on_b.shows(leds.frame(PLAYING, 0))
+
+
+async def test_a_stream_playing_when_redis_restarts_empty_ends_at_every_device(
+    cluster: Cluster, redis_server: RedisServer, opened: Opened
+) -> None:
+    on_a, on_b = await devices_at_two_hubs(cluster, opened, 2)
+    assert await on_a.play() is True
+    await wait_all(
+        [on_a, on_b],
+        lambda d: d.current is not None and len(d.current.packets) >= 25,
+        5,
+        "half a second of the sound",
+    )
+    restarted = time.monotonic()
+    redis_server.restart()
+    # Every device gets the end of what it was playing (and plays it), and
+    # shows the room as Redis has it now: idle, in its first mode.
+    await wait_all(
+        [on_a, on_b],
+        lambda d: d.streams and d.current is None and d.shows(leds.frame(IDLE, 0)),
+        15,
+        "the stream's end, and the room idle",
+    )
+    ended = max((d.streams[0].ended or 0.0) - restarted for d in (on_a, on_b)) * 1000
+    print(f"\nRedis restarted empty mid-stream: the end at both devices after {ended:.0f} ms")
+    for device in (on_a, on_b):
+        device.check()
+        assert all(s.packets[0].is_start and s.packets[-1].is_end for s in device.streams)
+        assert len(device.streams[0].packets) >= 25  # what it had heard, played
+    await heard_at_both_after(on_b, [on_a, on_b])
+    await heard_at_both_after(on_a, [on_a, on_b])

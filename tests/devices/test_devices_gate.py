@@ -11,7 +11,7 @@ from hub.audio.testing import well_formed
 from hub.core.events import AudioFrame
 from hub.core.publication import Publication
 from hub.core.rooms import Admit, AudioGate
-from hub.errors import Unauthenticated
+from hub.errors import Unauthenticated, Unavailable
 from hub.proto import comms_pb2
 from hub.rpc.devices import DeviceAudio, encode_packet
 
@@ -92,12 +92,12 @@ def drain(queue: DeviceAudio) -> list[tuple[bool, bool]]:
 
 def test_device_audio_needs_room_for_a_whole_stream() -> None:
     with pytest.raises(ValueError, match="at least 3"):
-        DeviceAudio("room:x:audio", maxlen=2)
+        DeviceAudio("room:x:audio", silence=DATA, maxlen=2)
 
 
 def test_device_audio_skips_ahead_over_plain_packets() -> None:
     skipped: list[int] = []
-    queue = DeviceAudio("room:x:audio", maxlen=5, on_skip=skipped.append)
+    queue = DeviceAudio("room:x:audio", silence=DATA, maxlen=5, on_skip=skipped.append)
     queue.deliver(publication(packet(1, 0, start=True)))
     for seq in range(1, 20):
         queue.deliver(publication(packet(1, seq)))
@@ -111,7 +111,7 @@ def test_device_audio_skips_ahead_over_plain_packets() -> None:
 
 def test_device_audio_drops_a_whole_short_stream_when_only_marks_are_queued() -> None:
     skipped: list[int] = []
-    queue = DeviceAudio("room:x:audio", maxlen=4, on_skip=skipped.append)
+    queue = DeviceAudio("room:x:audio", silence=DATA, maxlen=4, on_skip=skipped.append)
     for stream in (1, 2):
         queue.deliver(publication(packet(stream, 0, start=True)))
         queue.deliver(publication(packet(stream, -1, end=True)))
@@ -121,7 +121,7 @@ def test_device_audio_drops_a_whole_short_stream_when_only_marks_are_queued() ->
 
 
 def test_device_audio_under_a_storm_of_streams_stays_bounded_and_well_formed() -> None:
-    queue = DeviceAudio("room:x:audio", maxlen=6)
+    queue = DeviceAudio("room:x:audio", silence=DATA, maxlen=6)
     queue.deliver(publication(packet(1, 7)))  # joined mid-stream
     queue.deliver(publication(packet(1, -1, end=True)))
     for stream in range(2, 40):
@@ -143,7 +143,7 @@ def test_device_audio_stays_bounded_when_streams_take_over_without_their_ends() 
     """Across hubs a new stream's start may come before the old one's end, which
     the gate then skips: a queue of starts alone must still make room, and never
     cut the device."""
-    queue = DeviceAudio("room:x:audio", maxlen=3)
+    queue = DeviceAudio("room:x:audio", silence=DATA, maxlen=3)
     for stream in range(1, 20):
         queue.deliver(publication(packet(stream, 0, start=True)))
         queue.deliver(publication(packet(stream - 1, -1, end=True)))  # late: skipped
@@ -154,7 +154,8 @@ def test_device_audio_stays_bounded_when_streams_take_over_without_their_ends() 
 
 
 def test_late_joiners_share_one_opening_packet() -> None:
-    first, second = DeviceAudio("room:x:audio", maxlen=5), DeviceAudio("room:x:audio", maxlen=5)
+    first = DeviceAudio("room:x:audio", silence=DATA, maxlen=5)
+    second = DeviceAudio("room:x:audio", silence=DATA, maxlen=5)
     mid_stream = publication(packet(1, 40))
     first.deliver(mid_stream)
     second.deliver(mid_stream)
@@ -167,7 +168,7 @@ def test_late_joiners_share_one_opening_packet() -> None:
 
 @pytest.mark.asyncio
 async def test_device_audio_hands_out_what_is_queued_then_ends() -> None:
-    queue = DeviceAudio("room:x:audio", maxlen=5)
+    queue = DeviceAudio("room:x:audio", silence=DATA, maxlen=5)
     queue.deliver(publication(packet(1, 0, start=True)))
     queue.close()
     queue.deliver(publication(packet(1, 1)))  # after close: not taken
@@ -176,7 +177,7 @@ async def test_device_audio_hands_out_what_is_queued_then_ends() -> None:
 
 @pytest.mark.asyncio
 async def test_device_audio_closed_with_an_error_discards_its_queue_and_raises() -> None:
-    queue = DeviceAudio("room:x:audio", maxlen=5)
+    queue = DeviceAudio("room:x:audio", silence=DATA, maxlen=5)
     queue.deliver(publication(packet(1, 0, start=True)))
     queue.close(Unauthenticated("session ended"))
     assert len(queue) == 0
@@ -197,7 +198,7 @@ def test_device_audio_never_grows_nor_cuts_nor_breaks_a_stream(
     """Streams of ``plain`` packets each, the device catching up with all that
     is queued after packet ``read`` of a stream (-1: not during it): however
     far it falls behind, it is never cut and what it hears is well formed."""
-    queue = DeviceAudio("room:x:audio", maxlen=maxlen)
+    queue = DeviceAudio("room:x:audio", silence=DATA, maxlen=maxlen)
     heard: list[tuple[bool, bool]] = []
     for stream, (plain, read) in enumerate(streams, start=1):
         frames = [packet(stream, 0, start=True)]
@@ -211,3 +212,23 @@ def test_device_audio_never_grows_nor_cuts_nor_breaks_a_stream(
     heard += drain(queue)
     assert well_formed(heard)
     assert heard.count((True, False)) == heard.count((False, True))
+
+
+def test_after_a_loss_the_stream_that_was_open_opens_again_and_ends_once() -> None:
+    gate = AudioGate()
+    assert gate.admit(packet(1, 0, start=True)) is Admit.SEND
+    assert gate.lost() == 1  # the listener's end of it is the caller's to send
+    assert gate.lost() is None  # nothing open any more
+    assert gate.admit(packet(1, 5)) is Admit.SEND_AS_START  # it plays on
+    assert gate.admit(packet(1, -1, end=True)) is Admit.SEND
+    assert gate.admit(packet(1, -1, end=True)) is Admit.SKIP  # an end sent twice
+
+
+def test_a_loss_mid_stream_hands_the_device_an_end_after_what_is_queued() -> None:
+    queue = DeviceAudio("room:x:audio", silence=DATA, maxlen=3)
+    for seq in range(4):
+        queue.deliver(publication(packet(1, seq, start=seq == 0)))
+    queue.lost(Unavailable("events were lost"))
+    flags = drain(queue)
+    assert well_formed(flags) and flags[-1] == (False, True) and len(flags) == 3
+    assert not queue.closed

@@ -139,7 +139,10 @@ class Server(HubProcess):
             [
                 "-s", "-p", PASSWORD, "-h", "127.0.0.1:0", "--device-address", "none",
                 "--stream-address", self.stream_address, "--music", str(music),
-                "--long-sound", "--opus-frame-ms", f"{self.frame_ms:g}", *self.args.server_arg,
+                "--long-sound", "--opus-frame-ms", f"{self.frame_ms:g}",
+                # Every listener comes from 127.0.0.1: lift the per-address
+                # bound (64), which would refuse all but 64 of them.
+                "--max-connections-per-peer", "4096", *self.args.server_arg,
             ],
             env=env,
             cwd=self.args.server_cwd,

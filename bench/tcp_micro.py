@@ -37,7 +37,7 @@ import time
 
 from hub.core.events import AudioFrame
 from hub.core.hub import Hub
-from hub.settings import Settings
+from hub.settings import Settings, StreamSettings
 from hub.tcp import codec as proto
 from hub.tcp import server as tcp_server
 
@@ -46,7 +46,9 @@ ROOM = "micro"
 
 async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    hub = Hub(Settings(), secret=b"m" * 40)
+    # Every connection comes from 127.0.0.1: lift the per-address bound (64).
+    lifted = StreamSettings(max_connections_per_peer=max(64, args.listeners))
+    hub = Hub(Settings(stream=lifted), secret=b"m" * 40)
     server = tcp_server.StreamServer(hub, None)
     host, port = (await server.start("127.0.0.1:0")).rsplit(":", 1)
     hello = proto.encode(proto.Hello(1, "micro"))

@@ -18,6 +18,7 @@ import soundfile as sf
 from hub.audio.cache import EncodedSound
 from hub.audio.pacer import pace
 from hub.clock import Clock
+from hub.errors import HubError
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ async def play(
     """Hand ``encoded``'s packets to ``sink`` as they play; whether it played to its end.
 
     A failure ends the stream early and is logged on ``logger`` as ``who``'s:
-    a file gone or changed since it was listed is the listener's news (a
-    warning), anything else is the hub's bug (with its traceback).
+    a file gone or changed since it was listed, or a sink the hub cannot serve
+    now (a ``HubError``: the backplane out of reach), is news (a warning);
+    anything else is the hub's bug (with its traceback).
     ``on_release`` is the pacer's: how late each packet left, for metrics.
     """
     title = encoded.sound.title
@@ -50,7 +52,7 @@ async def play(
             await sink(seq, packet, seq == 0)
     except asyncio.CancelledError:
         raise
-    except (OSError, sf.SoundFileError) as error:
+    except (OSError, sf.SoundFileError, HubError) as error:
         logger.warning("%s: cannot play %r: %s", who, title, error)
         return False
     except Exception:

@@ -52,6 +52,10 @@ FOLLOW_TIMEOUT = 5.0
 # connection of the backplane's pool (100), failing their own closes (whose
 # keys would then wait for their expiry) and every other command meanwhile.
 CLOSING_AT_ONCE = 8
+# How soon a player that could not record its stream's end (the store out of
+# reach) tries again: as often as a lease is renewed (BackplaneSettings), so
+# the end follows within a moment of the store's return.
+END_RETRY = 0.4
 
 
 def check_room_id(room_id: str | None) -> str:
@@ -320,8 +324,10 @@ class Room:
 
     async def _play(self, stream_id: int, mode: int) -> None:
         sound = self._rooms.library[mode]
+        missed = 0  # packets the backplane would not take, in a row
 
         async def publish(seq: int, packet: bytes, is_start: bool) -> None:
+            nonlocal missed
             frame = AudioFrame(
                 stream_id,
                 seq,
@@ -330,7 +336,21 @@ class Room:
                 title=sound.title,
                 duration=sound.duration,
             )
-            await self._hub.publish(self.audio_channel, frame, droppable=not is_start)
+            try:
+                await self._hub.publish(self.audio_channel, frame, droppable=not is_start)
+            except HubError as error:
+                if is_start:
+                    raise  # a stream nobody heard start has failed
+                # The backplane out of reach: the packet is lost, as a lagging
+                # listener's is, and the sound plays on; listeners pick it up
+                # where it then is (a seq gap), not a stream cut for a blip.
+                if not missed:
+                    log.warning("%s: stream %d: packets lost (%s)", self.id, stream_id, error)
+                missed += 1
+                return
+            if missed:
+                log.info("%s: stream %d: published again (%d lost)", self.id, stream_id, missed)
+                missed = 0
 
         played = await play(
             self._rooms.encoded(sound),
@@ -340,7 +360,20 @@ class Room:
             on_release=functools.partial(self._rooms.observer.paced, "room"),
         )
         outcome = Input.ENDED if played else Input.FAILED
-        await self.stream_over(stream_id, outcome)
+        while True:
+            try:
+                await self.stream_over(stream_id, outcome)
+                return
+            except HubError as error:
+                # Its listeners have had its start: they get its end once the
+                # store takes the step (a press meanwhile cancels this task).
+                log.warning(
+                    "%s: stream %d is over, the store cannot say so yet (%s)",
+                    self.id,
+                    stream_id,
+                    error,
+                )
+                await self._hub.clock.sleep(END_RETRY)
 
     async def stream_over(self, stream_id: int, outcome: Input) -> None:
         """The stream ``stream_id`` ran out (ENDED) or broke (FAILED): the room steps,

@@ -53,8 +53,8 @@ from bench.common import (
     ms,
     server_env,
     shut_doors,
-    spread,
     start_py_spy,
+    start_spread,
     wait_quiet,
     workers_cpu,
 )
@@ -785,17 +785,16 @@ def _start_clients(
     rig: _Rig, ctx: Any, server: Server, sc: Scenario, args: argparse.Namespace
 ) -> None:
     """The subscribers, spread over processes, and the publishers, one a process."""
-    for i, n in enumerate(spread(sc.subscribers, args.sub_procs)):
-        parent, child = ctx.Pipe()
-        cfg = {"index": i, "n": n, "address": server.address, "client": args.client}
-        p = ctx.Process(target=subscriber_process, args=(child, cfg), daemon=True)
-        rig.subs.append(Worker(p, parent, "subscriber", n))
+    cfg = {"address": server.address, "client": args.client}
+    rig.subs += start_spread(
+        ctx, subscriber_process, "subscriber", sc.subscribers, args.sub_procs, cfg
+    )
     for i in range(1 if sc.fast else args.publishers):
         parent, child = ctx.Pipe()
-        cfg = {"index": i, "address": server.address, "window": args.fast_window}
-        p = ctx.Process(target=publisher_process, args=(child, cfg), daemon=True)
+        pub_cfg = {"index": i, "address": server.address, "window": args.fast_window}
+        p = ctx.Process(target=publisher_process, args=(child, pub_cfg), daemon=True)
         rig.pubs.append(Worker(p, parent, "publisher"))
-    for w in rig.workers:
+    for w in rig.pubs:
         w.start()
 
 

@@ -763,8 +763,8 @@ def run_scenario(
     rig = _Rig()
     try:
         _start_clients(rig, ctx, server, sc, args)
-        _open_streams(rig, server, args)
-        start_ns = _start_publishing(rig, sc, args)
+        open_streams(rig.workers, server.address, args)
+        start_ns = start_publishing(rig.pubs, sc, args)
         done, results, window = _measure(rig, server, sc, args)
         vm_hwm = server.vm_hwm_mb()
         if metrics:
@@ -798,23 +798,24 @@ def _start_clients(
         w.start()
 
 
-def _open_streams(rig: _Rig, server: Server, args: argparse.Namespace) -> None:
+def open_streams(workers: list[Worker], address: str, args: argparse.Namespace) -> None:
     """Log everyone in first, then open the streams: logins are broadcast,
-    and this way no stream sees the setup's login storm."""
-    expect(rig.workers, "logged_in", args.setup_timeout)
-    for w in rig.workers:
+    and this way no stream sees the setup's login storm. Probe logins go to
+    ``address``."""
+    expect(workers, "logged_in", args.setup_timeout)
+    for w in workers:
         w.conn.send(("open",))
-    probe_until_ready(server.address, rig.workers, args.setup_timeout)
+    probe_until_ready(address, workers, args.setup_timeout)
 
 
-def _start_publishing(rig: _Rig, sc: Scenario, args: argparse.Namespace) -> int:
+def start_publishing(pubs: list[Worker], sc: Scenario, args: argparse.Namespace) -> int:
     """Tell the publishers when to warm up and when to start counting; return
     at the start of the count (its monotonic_ns)."""
     time.sleep(0.2)  # let the probes' fan-out settle
     warm_ns = time.monotonic_ns() + 100_000_000
     start_ns = warm_ns + int(args.warmup * 1e9)
-    rate_each = sc.rate / len(rig.pubs)
-    for i, w in enumerate(rig.pubs):
+    rate_each = sc.rate / len(pubs)
+    for i, w in enumerate(pubs):
         offset = int(i * 1e9 / sc.rate) if not sc.fast else 0
         w.conn.send(("go", warm_ns, start_ns, args.duration, rate_each, offset))
     time.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))

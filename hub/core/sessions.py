@@ -103,12 +103,11 @@ class SessionStream(Protocol):
 class Session:
     """This hub's side of a session: its record and the streams open here."""
 
-    __slots__ = ("expires", "id", "name", "streams")
+    __slots__ = ("id", "name", "streams")
 
     def __init__(self, record: SessionRecord) -> None:
         self.id = record.id
         self.name = record.name
-        self.expires = record.expires
         self.streams: set[SessionStream] = set()
 
     def __repr__(self) -> str:

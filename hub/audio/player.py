@@ -9,7 +9,6 @@ Stopping is cancelling the task that plays; the sink is never called again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -50,8 +49,6 @@ async def play(
             encoded.reader(), encoded.settings.frame_seconds, clock, on_release=on_release
         ):
             await sink(seq, packet, seq == 0)
-    except asyncio.CancelledError:
-        raise
     except (OSError, sf.SoundFileError, HubError) as error:
         logger.warning("%s: cannot play %r: %s", who, title, error)
         return False

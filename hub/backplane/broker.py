@@ -129,11 +129,7 @@ class RedisBroker:
         data = codec.encode(pub.event)
         try:
             epoch = await self._publish(
-                keys=[
-                    self._keys.stream(channel),
-                    self._keys.epoch(channel),
-                    self._keys.offset(channel),
-                ],
+                keys=self._keys.channel(channel),
                 args=[
                     secrets.token_hex(8),
                     self._settings.media_history if pub.droppable else self._settings.history,
@@ -161,11 +157,7 @@ class RedisBroker:
 
     async def _start_position(self, channel: str) -> Cursor:
         epoch, offset, last_id = await self._position(
-            keys=[
-                self._keys.stream(channel),
-                self._keys.epoch(channel),
-                self._keys.offset(channel),
-            ],
+            keys=self._keys.channel(channel),
             args=[secrets.token_hex(8)],
         )
         return Cursor(_text(last_id), _text(epoch), int(offset))

@@ -5,6 +5,11 @@ from __future__ import annotations
 from hub.core.rooms import audio_channel, status_channel
 
 
+def text(value: bytes | str) -> str:
+    """A key, an id or a name as Redis replies with it (bytes), as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class Keys:
     """Key names under one prefix (several clusters may share one Redis)."""
 

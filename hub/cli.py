@@ -21,7 +21,7 @@ import sys
 import urllib.parse
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hub import logs, workers
 from hub.app import Addresses, App, StartError, backplane_for
@@ -37,6 +37,9 @@ from hub.errors import Unavailable
 from hub.lines import PROCESS, SERVER, Printer
 from hub.rpc.server import BindError
 from hub.settings import ChatSettings, DeviceSettings, OperatorSettings, Settings, StreamSettings
+
+if TYPE_CHECKING:
+    from hub.backplane import Backplane
 
 log = logging.getLogger("hub")
 
@@ -121,6 +124,15 @@ def settings_from(config: Config) -> Settings:
     )
 
 
+def backplane_from(config: Config, settings: Settings) -> Backplane:
+    """The backplane ``config.redis`` names; StartError if it cannot be had.
+
+    The token signing secret is shared when it was given (flag, environment
+    or file), not made up by each process."""
+    shared_secret = bool(config.token_secret or config.token_secret_file)
+    return backplane_for(config.redis, settings, shared_secret=shared_secret)
+
+
 def door_lines(
     grpc_bound: list[str], stream_bound: str | None, metrics_bound: str | None = None
 ) -> list[str]:
@@ -142,15 +154,7 @@ async def serve(config: Config, printer: Printer) -> int:
     stream_address = None if config.stream_address == "none" else config.stream_address
     try:
         settings = settings_from(config)
-        backplane = (
-            backplane_for(
-                config.redis,
-                settings,
-                shared_secret=bool(config.token_secret or config.token_secret_file),
-            )
-            if config.redis
-            else None
-        )
+        backplane = backplane_from(config, settings) if config.redis else None
         secret = load_secret(
             {SECRET_ENV: config.token_secret, SECRET_FILE_ENV: config.token_secret_file}
         )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hub.audio.opus import ALLOWED_FRAME_MS, OpusSettings
+from hub.logs import MASK  # a secret shows as the same mask here as in the log
 from hub.settings import ChatSettings, DeviceSettings, OperatorSettings, StreamSettings
 
 ENV_PREFIX = "HUB_"
@@ -28,7 +29,6 @@ ENV_PREFIX = "HUB_"
 # hub: passed through to the processes they start, never refused.
 FOREIGN_ENV_PREFIXES = ("HUB_TEST_", "HUB_BENCH_")
 CONFIG_ENV = "HUB_CONFIG"
-MASK = "********"
 
 
 class ConfigError(ValueError):

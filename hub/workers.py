@@ -59,16 +59,13 @@ def refusal(config: Config) -> str | None:
             "--metrics-address with --workers is not supported: each worker counts its "
             "own share, and one shared port would show a different worker at each scrape"
         )
-    from hub.app import StartError, backplane_for
+    from hub.app import StartError
+    from hub.cli import backplane_from
     from hub.settings import Settings
 
     try:
         # The checks every worker would make (secret, redis package, URL), once.
-        backplane_for(
-            config.redis,
-            Settings(),
-            shared_secret=bool(config.token_secret or config.token_secret_file),
-        )
+        backplane_from(config, Settings())
     except StartError as error:
         return str(error)
     return None

@@ -49,7 +49,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from hub.backplane.errors import unreachable
-from hub.backplane.keys import Keys
+from hub.backplane.keys import Keys, text
 from hub.clock import Clock
 from hub.core import codec
 from hub.core.broker import HistoryLost, PublicationHandler
@@ -129,11 +129,7 @@ class RedisBroker:
         data = codec.encode(pub.event)
         try:
             epoch = await self._publish(
-                keys=[
-                    self._keys.stream(channel),
-                    self._keys.epoch(channel),
-                    self._keys.offset(channel),
-                ],
+                keys=self._keys.channel(channel),
                 args=[
                     secrets.token_hex(8),
                     self._settings.media_history if pub.droppable else self._settings.history,
@@ -145,9 +141,9 @@ class RedisBroker:
         except RedisError as error:
             raise unreachable(f"publish to {channel}", error) from None
         cursor = self._cursors.get(channel)
-        if cursor is not None and cursor.epoch != _text(epoch):
+        if cursor is not None and cursor.epoch != text(epoch):
             # Redis came back empty before the read loop noticed: say so now.
-            self._restart(channel, _text(epoch))
+            self._restart(channel, text(epoch))
 
     async def subscribe(self, channel: str) -> None:
         if channel in self._cursors:
@@ -161,14 +157,10 @@ class RedisBroker:
 
     async def _start_position(self, channel: str) -> Cursor:
         epoch, offset, last_id = await self._position(
-            keys=[
-                self._keys.stream(channel),
-                self._keys.epoch(channel),
-                self._keys.offset(channel),
-            ],
+            keys=self._keys.channel(channel),
             args=[secrets.token_hex(8)],
         )
-        return Cursor(_text(last_id), _text(epoch), int(offset))
+        return Cursor(text(last_id), text(epoch), int(offset))
 
     async def _wake_reader(self) -> None:
         """Make the read loop take up the new set of channels now, not after its block."""
@@ -239,10 +231,10 @@ class RedisBroker:
                 backoff = min(backoff * 2, self._settings.backoff_max)
                 continue
             for key, entries in reply or ():
-                channel = self._keys.channel_of(_text(key))
+                channel = self._keys.channel_of(text(key))
                 for entry_id, fields in entries:
                     try:
-                        self._take(channel, _text(entry_id), fields)
+                        self._take(channel, text(entry_id), fields)
                     except Exception:
                         # One bad entry (written by something else, or a
                         # handler's bug) must not end the loop: the hub would
@@ -254,7 +246,7 @@ class RedisBroker:
         handler = self._handler
         if cursor is None or handler is None:
             return  # unsubscribed while this batch was on its way
-        epoch, offset = _text(fields[b"e"]), int(fields[b"o"])
+        epoch, offset = text(fields[b"e"]), int(fields[b"o"])
         if epoch == cursor.epoch and offset <= cursor.offset:
             # A reply read before the channel was subscribed again (after a
             # HistoryLost): this cursor has it already, or began after it.
@@ -302,7 +294,3 @@ class RedisBroker:
         self._cursors[channel] = Cursor("0-0", epoch, 0)
         if self._handler is not None:
             self._handler(Publication(channel, HistoryLost("Redis restarted empty"), 0.0))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -5,6 +5,11 @@ from __future__ import annotations
 from hub.core.rooms import audio_channel, status_channel
 
 
+def text(value: bytes | str) -> str:
+    """A key, an id or a name as Redis replies with it (bytes), as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class Keys:
     """Key names under one prefix (several clusters may share one Redis)."""
 
@@ -30,6 +35,11 @@ class Keys:
 
     def offset(self, channel: str) -> str:
         return f"{self.prefix}offset:{channel}"
+
+    def channel(self, channel: str) -> list[str]:
+        """The channel's three keys, in the order the broker's scripts take
+        them (KEYS[1..3]): its stream, its epoch, its offset."""
+        return [self.stream(channel), self.epoch(channel), self.offset(channel)]
 
     def session(self, session_id: str) -> str:
         return f"{self.prefix}session:{session_id}"
@@ -58,11 +68,7 @@ class Keys:
 
     def room_channels(self, room_id: str) -> list[str]:
         """The keys of the room's two channels (stream, epoch, offset of each)."""
-        return [
-            key
-            for channel in (status_channel(room_id), audio_channel(room_id))
-            for key in (self.stream(channel), self.epoch(channel), self.offset(channel))
-        ]
+        return [*self.channel(status_channel(room_id)), *self.channel(audio_channel(room_id))]
 
     def alive(self, hub_id: str) -> str:
         return f"{self.prefix}alive:{hub_id}"

@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from hub.backplane.errors import unreachable
-from hub.backplane.keys import Keys
+from hub.backplane.keys import Keys, text
 from hub.clock import Clock
 from hub.core.events import LeaveReason
 from hub.core.sessions import DueHandler, SessionRecord
@@ -188,7 +188,7 @@ class RedisSessionStore:
             raise unreachable("look a session up", error) from None
         if name is None or expires is None:
             return None
-        return SessionRecord(session_id, _text(name), float(expires))
+        return SessionRecord(session_id, text(name), float(expires))
 
     async def end(self, session_id: str) -> SessionRecord | None:
         keys = self._keys
@@ -361,7 +361,7 @@ class RedisPresenceStore:
                     keys=[keys.hubs, keys.departing], args=[keys.prefix, self._grace]
                 )
                 for hub in swept:
-                    log.warning("hub %s stopped answering: its streams count as gone", _text(hub))
+                    log.warning("hub %s stopped answering: its streams count as gone", text(hub))
                 gone, expired = await self._due(
                     keys=[keys.departing, keys.expiring], args=[keys.prefix]
                 )
@@ -377,10 +377,6 @@ class RedisPresenceStore:
             prefix = len(keys.session(""))
             if self._on_due is not None:
                 for key in gone:
-                    self._on_due(_text(key)[prefix:], LeaveReason.GONE)
+                    self._on_due(text(key)[prefix:], LeaveReason.GONE)
                 for key in expired:
-                    self._on_due(_text(key)[prefix:], LeaveReason.EXPIRED)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+                    self._on_due(text(key)[prefix:], LeaveReason.EXPIRED)

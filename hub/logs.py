@@ -3,7 +3,7 @@ for log shippers.
 
 Every record may carry the session id, the room and the peer it concerns:
 given with ``extra={"session": ...}``, or taken from the context the front
-doors set for a call (``log_context``), so a line logged deep in the core
+doors set for a call (``set_context``), so a line logged deep in the core
 still says whose call it served. These are the server's log records; the
 reference's ``<<Server>>`` lines are command-line output (hub/lines.py) and
 stay as they are.

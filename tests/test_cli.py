@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -30,13 +29,6 @@ from clients.py_cli.chat import Line, event_line
 from clients.py_cli.chat_client import ChatClient, error_text, rpc_error_text
 from hub.lines import SERVER, Printer
 from hub.proto import chat_pb2, chat_pb2_grpc
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    started = Procs()
-    yield started
-    started.stop_all()
 
 
 def closed_port() -> int:

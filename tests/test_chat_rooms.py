@@ -14,6 +14,16 @@ import sys
 
 import grpc
 import pytest
+from chat_helpers import (
+    PASSWORD,
+    OpenChannel,
+    ServeHub,
+    eventually,
+    login,
+    logout,
+    timeout,
+)
+from fake_clock import clock_from_now
 
 from clients.py_cli.rooms import RoomControl
 from hub.audio.library import SoundLibrary
@@ -23,16 +33,6 @@ from hub.core.roomstate import RoomState
 from hub.lines import Printer
 from hub.proto import chat_pb2, chat_pb2_grpc, comms_pb2_grpc
 from hub.settings import ChatSettings, Settings
-from tests.chat_helpers import (
-    PASSWORD,
-    OpenChannel,
-    ServeHub,
-    eventually,
-    login,
-    logout,
-    timeout,
-)
-from tests.fake_clock import clock_from_now
 
 pytestmark = pytest.mark.asyncio
 

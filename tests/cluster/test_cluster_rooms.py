@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import pytest_asyncio
-from chat_helpers import login, timeout
+from chat_helpers import login, timeout, watch_room
 from cluster_helpers import Cluster, ClusterHub, RedisServer
 from raw_client import RawClient, publish_paced
 from stock_device import StockDevice, wait_all
@@ -26,8 +26,6 @@ from hub.audio.sources import SAMPLE_RATE, Pcm
 from hub.audio.testing import best_correlation, decode_packets
 from hub.core import leds
 from hub.core.roomstate import RoomState
-from hub.proto import chat_pb2, chat_pb2_grpc
-from hub.rpc.chat import TOKEN_HEADER
 from hub.tcp import codec as proto
 
 pytestmark = pytest.mark.asyncio
@@ -77,8 +75,7 @@ async def opened() -> AsyncIterator[Opened]:
 async def watch(hub: ClusterHub, cluster: Cluster) -> grpc.aio.UnaryStreamCall:  # type: ignore[type-arg]
     channel = await cluster.channel(hub)
     token = await login(channel, "watcher")
-    stub = chat_pb2_grpc.RoomsStub(channel)  # type: ignore[no-untyped-call]
-    call = stub.Watch(chat_pb2.WatchRequest(room=ROOM), metadata=((TOKEN_HEADER, token),))
+    call = watch_room(channel, token, ROOM)
     await call.read()  # the room as it is: the watch is in place
     return call  # type: ignore[no-any-return]
 

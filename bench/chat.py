@@ -53,8 +53,8 @@ from bench.common import (
     ms,
     server_env,
     shut_doors,
-    spread,
     start_py_spy,
+    start_spread,
     wait_quiet,
     workers_cpu,
 )
@@ -763,8 +763,8 @@ def run_scenario(
     rig = _Rig()
     try:
         _start_clients(rig, ctx, server, sc, args)
-        _open_streams(rig, server, args)
-        start_ns = _start_publishing(rig, sc, args)
+        open_streams(rig.workers, server.address, args)
+        start_ns = start_publishing(rig.pubs, sc, args)
         done, results, window = _measure(rig, server, sc, args)
         vm_hwm = server.vm_hwm_mb()
         if metrics:
@@ -785,37 +785,37 @@ def _start_clients(
     rig: _Rig, ctx: Any, server: Server, sc: Scenario, args: argparse.Namespace
 ) -> None:
     """The subscribers, spread over processes, and the publishers, one a process."""
-    for i, n in enumerate(spread(sc.subscribers, args.sub_procs)):
-        parent, child = ctx.Pipe()
-        cfg = {"index": i, "n": n, "address": server.address, "client": args.client}
-        p = ctx.Process(target=subscriber_process, args=(child, cfg), daemon=True)
-        rig.subs.append(Worker(p, parent, "subscriber", n))
+    cfg = {"address": server.address, "client": args.client}
+    rig.subs += start_spread(
+        ctx, subscriber_process, "subscriber", sc.subscribers, args.sub_procs, cfg
+    )
     for i in range(1 if sc.fast else args.publishers):
         parent, child = ctx.Pipe()
-        cfg = {"index": i, "address": server.address, "window": args.fast_window}
-        p = ctx.Process(target=publisher_process, args=(child, cfg), daemon=True)
+        pub_cfg = {"index": i, "address": server.address, "window": args.fast_window}
+        p = ctx.Process(target=publisher_process, args=(child, pub_cfg), daemon=True)
         rig.pubs.append(Worker(p, parent, "publisher"))
-    for w in rig.workers:
+    for w in rig.pubs:
         w.start()
 
 
-def _open_streams(rig: _Rig, server: Server, args: argparse.Namespace) -> None:
+def open_streams(workers: list[Worker], address: str, args: argparse.Namespace) -> None:
     """Log everyone in first, then open the streams: logins are broadcast,
-    and this way no stream sees the setup's login storm."""
-    expect(rig.workers, "logged_in", args.setup_timeout)
-    for w in rig.workers:
+    and this way no stream sees the setup's login storm. Probe logins go to
+    ``address``."""
+    expect(workers, "logged_in", args.setup_timeout)
+    for w in workers:
         w.conn.send(("open",))
-    probe_until_ready(server.address, rig.workers, args.setup_timeout)
+    probe_until_ready(address, workers, args.setup_timeout)
 
 
-def _start_publishing(rig: _Rig, sc: Scenario, args: argparse.Namespace) -> int:
+def start_publishing(pubs: list[Worker], sc: Scenario, args: argparse.Namespace) -> int:
     """Tell the publishers when to warm up and when to start counting; return
     at the start of the count (its monotonic_ns)."""
     time.sleep(0.2)  # let the probes' fan-out settle
     warm_ns = time.monotonic_ns() + 100_000_000
     start_ns = warm_ns + int(args.warmup * 1e9)
-    rate_each = sc.rate / len(rig.pubs)
-    for i, w in enumerate(rig.pubs):
+    rate_each = sc.rate / len(pubs)
+    for i, w in enumerate(pubs):
         offset = int(i * 1e9 / sc.rate) if not sc.fast else 0
         w.conn.send(("go", warm_ns, start_ns, args.duration, rate_each, offset))
     time.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))

@@ -171,17 +171,10 @@ def chat_across(sc: chat.Scenario, args: argparse.Namespace, log_dir: Path) -> d
             workers = [*subs, pub]
             for w in workers:
                 w.start()
-            expect(workers, "logged_in", args.setup_timeout)
-            for w in workers:
-                w.conn.send(("open",))
             # Probe logins on hub A reach hub B's streams through Redis: once every
             # stream has seen one, every stream on both hubs is subscribed.
-            chat.probe_until_ready(hubs[0].address, workers, args.setup_timeout)
-            time.sleep(0.2)  # let the probes' fan-out settle
-            warm_ns = time.monotonic_ns() + 100_000_000
-            start_ns = warm_ns + int(args.warmup * 1e9)
-            pub.conn.send(("go", warm_ns, start_ns, args.duration, sc.rate, 0))
-            time.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
+            chat.open_streams(workers, hubs[0].address, args)
+            chat.start_publishing([pub], sc, args)
             hub_cpu0 = [h.cpu() for h in hubs]
             redis_cpu0, sub_cpu0 = redis.cpu(), workers_cpu(subs)
             wall0 = time.monotonic()

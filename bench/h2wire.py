@@ -246,9 +246,6 @@ MessageHandler = Callable[[bytes, int], None]
 EndHandler = Callable[[str, str], None]
 
 
-# -- the sans-I/O connection -------------------------------------------------
-
-
 class Call:
     """One gRPC call (one HTTP/2 stream) on a ``GrpcMux``."""
 

@@ -156,6 +156,15 @@ async def logout(channel: grpc.aio.Channel, token: str) -> None:
     await asyncio.wait_for(stub.Logout(chat_pb2.LogoutRequest(token=token)), timeout())
 
 
+def watch_room(channel: grpc.aio.Channel, token: str, room: str) -> grpc.aio.UnaryStreamCall:
+    """A Watch of ``room`` (the Rooms service) as ``token``'s session; not yet read."""
+    stub = chat_pb2_grpc.RoomsStub(channel)  # type: ignore[no-untyped-call]
+    call: grpc.aio.UnaryStreamCall = stub.Watch(
+        chat_pb2.WatchRequest(room=room), metadata=((TOKEN_HEADER, token),)
+    )
+    return call
+
+
 async def rpc_error(awaitable: Awaitable[object]) -> grpc.aio.AioRpcError:
     """The error a call fails with; fails the test if it succeeds."""
     try:

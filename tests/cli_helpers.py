@@ -15,6 +15,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -41,6 +42,14 @@ SESSION = r"[0-9a-f]{8}"
 def timeout(seconds: float = 10.0) -> float:
     """A sanity bound for one wait, scaled for slow machines."""
     return scaled(seconds)
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening on it (for a door or a target to give a process)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def hub_env(**extra: str) -> dict[str, str]:

@@ -14,6 +14,17 @@ import sys
 
 import grpc
 import pytest
+from chat_helpers import (
+    PASSWORD,
+    OpenChannel,
+    ServeHub,
+    eventually,
+    login,
+    logout,
+    timeout,
+    watch_room,
+)
+from fake_clock import clock_from_now
 
 from clients.py_cli.rooms import RoomControl
 from hub.audio.library import SoundLibrary
@@ -23,16 +34,6 @@ from hub.core.roomstate import RoomState
 from hub.lines import Printer
 from hub.proto import chat_pb2, chat_pb2_grpc, comms_pb2_grpc
 from hub.settings import ChatSettings, Settings
-from tests.chat_helpers import (
-    PASSWORD,
-    OpenChannel,
-    ServeHub,
-    eventually,
-    login,
-    logout,
-    timeout,
-)
-from tests.fake_clock import clock_from_now
 
 pytestmark = pytest.mark.asyncio
 
@@ -148,14 +149,6 @@ async def watch_ended(call: grpc.aio.UnaryStreamCall) -> tuple[grpc.StatusCode, 
     return await call.code(), await call.details()
 
 
-def watch(channel: grpc.aio.Channel, token: str, room: str) -> grpc.aio.UnaryStreamCall:
-    stub = chat_pb2_grpc.RoomsStub(channel)  # type: ignore[no-untyped-call]
-    call: grpc.aio.UnaryStreamCall = stub.Watch(
-        chat_pb2.WatchRequest(room=room), metadata=(("x-chat-token", token),)
-    )
-    return call
-
-
 async def test_logout_ends_the_sessions_watch(
     serve_hub: ServeHub, open_channel: OpenChannel
 ) -> None:
@@ -163,7 +156,7 @@ async def test_logout_ends_the_sessions_watch(
     channel = open_channel(served.address)
     token = await login(channel, "alice")
     other = await login(channel, "bob")
-    mine, theirs = watch(channel, token, "hall"), watch(channel, other, "hall")
+    mine, theirs = watch_room(channel, token, "hall"), watch_room(channel, other, "hall")
     for call in (mine, theirs):
         first = await asyncio.wait_for(call.read(), timeout())
         assert "idle, mode 1" in first.text
@@ -186,7 +179,7 @@ async def test_expiry_ends_the_sessions_watch(
     settings = Settings(chat=ChatSettings(password=PASSWORD, token_ttl=60.0))
     served = await serve_hub(settings, clock=clock, library=LIBRARY)
     channel = open_channel(served.address)
-    call = watch(channel, await login(channel, "alice"), "hall")
+    call = watch_room(channel, await login(channel, "alice"), "hall")
     assert "idle, mode 1" in (await asyncio.wait_for(call.read(), timeout())).text
     clock.advance(62.0)  # the token's lifetime, rounded up to a whole second
     assert await watch_ended(call) == (grpc.StatusCode.UNAUTHENTICATED, "token expired")

@@ -18,34 +18,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
 from chat_helpers import wait_subscribers
-from cli_helpers import PASSWORD, SESSION, TIME, Procs, timeout
+from cli_helpers import PASSWORD, SESSION, TIME, Procs, free_port, timeout
 
 from clients.py_cli.chat import Line, event_line
 from clients.py_cli.chat_client import ChatClient, error_text, rpc_error_text
 from hub.lines import SERVER, Printer
 from hub.proto import chat_pb2, chat_pb2_grpc
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    started = Procs()
-    yield started
-    started.stop_all()
-
-
-def closed_port() -> int:
-    """A loopback port with nothing listening on it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
 
 # -- the reference's session, line by line ------------------------------------
 
@@ -185,7 +168,7 @@ def test_the_login_throttle_is_set_by_flags(procs: Procs) -> None:
 
 def test_no_server_is_a_dial_timeout(procs: Procs) -> None:
     started = time.monotonic()
-    client = procs.client(closed_port(), "alice")
+    client = procs.client(free_port(), "alice")
     assert client.wait() == 1
     assert client.transcript() == [
         "[TIME] <<Process>>: unable to connect: context deadline exceeded"

@@ -15,7 +15,6 @@ import signal
 import termios
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -38,13 +37,6 @@ BAD_LINES = {
     64: ("cr 64\rover", "message must not contain control characters"),
     88: ("\x1b", "message must not contain control characters"),
 }
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    started = Procs()
-    yield started
-    started.stop_all()
 
 
 def hundred_lines(bad: dict[int, tuple[str, str]]) -> list[str]:

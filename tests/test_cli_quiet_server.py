@@ -115,13 +115,6 @@ class QuietChatServer(chat_pb2_grpc.ChatServicer):
 
 
 @pytest.fixture
-def procs() -> Iterator[Procs]:
-    started = Procs()
-    yield started
-    started.stop_all()
-
-
-@pytest.fixture
 def quiet() -> Iterator[QuietChatServer]:
     server = QuietChatServer()
     yield server

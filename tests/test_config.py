@@ -14,19 +14,12 @@ import sys
 import tomllib
 from pathlib import Path
 
-from cli_helpers import PASSWORD, SECRET, TIME, Proc, Procs, hub_env, timeout
+from cli_helpers import PASSWORD, SECRET, TIME, Proc, Procs, free_port, hub_env, timeout
 
 from hub.config import MASK, OPTIONS, markdown_table, version
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESS_LINE = re.compile(rf"{TIME} <<Process>>: bad configuration: (?P<why>.*)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def hub(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +28,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile as sf
+from cli_helpers import free_port
 from waiting import scaled
 
 from clients.py_cli import listen
@@ -326,13 +326,6 @@ def has_device(kind: str) -> bool:
     except Exception:  # no PortAudio, or no such device
         return False
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # -- listing -------------------------------------------------------------------------------

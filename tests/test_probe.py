@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 
-from cli_helpers import Procs, hub_env, timeout
+from cli_helpers import Procs, free_port, hub_env, timeout
 
 from hub.probe import probe_address
 
@@ -38,9 +37,7 @@ def test_the_probe_finds_the_server_where_the_server_was_told_to_be(procs: Procs
 
 
 def test_a_closed_port_is_unhealthy_at_once() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     done = health("-h", f"127.0.0.1:{port}")
     assert done.returncode == 1
     assert done.stdout == f"unhealthy: 127.0.0.1:{port}: UNAVAILABLE\n"

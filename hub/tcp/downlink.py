@@ -81,18 +81,18 @@ class RoomListener:
             return
         client = self._client
         if frame.is_end:
-            client.send_frame(pub.encoded(tcp_end))
+            client.send(pub.encoded(tcp_end))
             return
         if frame.is_start or admit is Admit.SEND_AS_START:
             client.end_downlink(proto.StreamEndReason.SWITCHED)
-            client.send_frame(pub.encoded(tcp_start))
+            client.send(pub.encoded(tcp_start))
         audio = pub.encoded(tcp_audio)
         if client.codec.downlink_stream == frame.stream_id:
             # The hot path, once per packet per listener: AUDIO of the open
             # stream moves no state, so its checked bytes go out as they are.
             client.write(audio.data, droppable=pub.droppable)
         else:
-            client.send_frame(audio, droppable=pub.droppable)
+            client.send(audio, droppable=pub.droppable)
 
     def lost(self, error: HubError) -> None:
         # Our own client can be told (a fatal ERROR) and join again.

@@ -26,11 +26,8 @@ class Peer(Protocol):
     @property
     def codec(self) -> proto.Connection: ...
 
-    def send(self, message: proto.Message, *, droppable: bool = False) -> None: ...
-
-    def send_frame(
-        self, message: proto.Message | proto.Prepared, *, droppable: bool = False
-    ) -> None: ...
+    def send(self, message: proto.Message | proto.Prepared, *, droppable: bool = False) -> None:
+        """A frame, checked by the codec (a ``Prepared`` one is encoded already)."""
 
     def write(self, data: bytes, *, droppable: bool = False) -> None:
         """Bytes the codec has already checked and encoded (the hot path)."""

@@ -292,12 +292,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- sending -----------------------------------------------------------
 
-    def send(self, message: proto.Message, *, droppable: bool = False) -> None:
-        self.send_frame(message, droppable=droppable)
-
-    def send_frame(
-        self, message: proto.Message | proto.Prepared, *, droppable: bool = False
-    ) -> None:
+    def send(self, message: proto.Message | proto.Prepared, *, droppable: bool = False) -> None:
         if self._transport is None or self.codec.state in CLOSED_STATES:
             return
         self.write(self.codec.send(message), droppable=droppable)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import socket
 import subprocess
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import grpc
 from chat_helpers import Event, Stream, kind, login, timeout
-from cli_helpers import HUB, PASSWORD, STARTING, Proc, hub_env
+from cli_helpers import HUB, PASSWORD, STARTING, Proc, free_port, hub_env
 
 REDIS_READY = re.compile(r".*Ready to accept connections.*")
 STREAM_DOOR = re.compile(
@@ -40,12 +39,6 @@ def self_signed_certificate(folder: Path) -> Path:
     ]  # fmt: skip
     subprocess.run(argv, check=True, capture_output=True)
     return cert
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

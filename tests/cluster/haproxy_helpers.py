@@ -20,18 +20,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli_helpers import free_port
 from waiting import scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYED_CONFIG = ROOT / "deploy" / "haproxy.cfg"
 DOORS = ("chat", "devices", "stream")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def local_config(

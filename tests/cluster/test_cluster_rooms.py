@@ -13,21 +13,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
-import numpy as np
 import pytest
 import pytest_asyncio
-from chat_helpers import login, timeout
+from chat_helpers import login, timeout, watch_room
 from cluster_helpers import Cluster, ClusterHub, RedisServer
 from raw_client import RawClient, publish_paced
 from stock_device import StockDevice, wait_all
 
 from hub.audio.opus import OpusSettings, encode_blocks
-from hub.audio.sources import SAMPLE_RATE, Pcm
-from hub.audio.testing import best_correlation, decode_packets
+from hub.audio.testing import best_correlation, decode_packets, tone
 from hub.core import leds
 from hub.core.roomstate import RoomState
-from hub.proto import chat_pb2, chat_pb2_grpc
-from hub.rpc.chat import TOKEN_HEADER
 from hub.tcp import codec as proto
 
 pytestmark = pytest.mark.asyncio
@@ -77,8 +73,7 @@ async def opened() -> AsyncIterator[Opened]:
 async def watch(hub: ClusterHub, cluster: Cluster) -> grpc.aio.UnaryStreamCall:  # type: ignore[type-arg]
     channel = await cluster.channel(hub)
     token = await login(channel, "watcher")
-    stub = chat_pb2_grpc.RoomsStub(channel)  # type: ignore[no-untyped-call]
-    call = stub.Watch(chat_pb2.WatchRequest(room=ROOM), metadata=((TOKEN_HEADER, token),))
+    call = watch_room(channel, token, ROOM)
     await call.read()  # the room as it is: the watch is in place
     return call  # type: ignore[no-any-return]
 
@@ -247,7 +242,7 @@ async def test_a_tcp_publisher_at_one_hub_is_heard_at_another(
     publisher = await RawClient.connect(a.stream_address, name="publisher")
     opened.clients.append(publisher)
     await publisher.hello()
-    sound = tone(440.0, 1.0)
+    sound = tone(440.0, 1.0, amplitude=0.4, fade=0.01)  # no clicks at the edges
     packets = list(encode_blocks([sound], OpusSettings()))
     publisher.send(proto.PublishStart(7, ROOM, "mic"))
     await publish_paced(publisher, 7, packets)
@@ -280,13 +275,6 @@ async def test_a_tcp_publisher_at_one_hub_is_heard_at_another(
         client.send(proto.Stop())
         client.check()
     assert len({music_start.stream_id for music_start in starts} | {start.stream_id}) == 3
-
-
-def tone(freq: float, seconds: float) -> Pcm:
-    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    fade = np.minimum(1.0, np.minimum(t, seconds - t) / 0.01)  # no clicks at the edges
-    out: Pcm = (fade * 0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-    return out
 
 
 async def heard_at_both_after(pressed_at: StockDevice, devices: list[StockDevice]) -> None:

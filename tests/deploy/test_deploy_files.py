@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +39,6 @@ YAMLLINT = YamlLintConfig(
 # (--device-address), stream (--stream-address).
 DOORS = {"chat": "host", "devices": "device_address", "stream": "stream_address"}
 PUBLIC_PORTS = {"chat": 6262, "devices": 50051, "stream": 8080}
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    started = Procs()
-    yield started
-    started.stop_all()
 
 
 def documents(path: Path) -> list[dict[str, Any]]:

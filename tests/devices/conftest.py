@@ -18,7 +18,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile as sf
@@ -29,6 +28,7 @@ from stock_device import StockDevice
 
 from hub.audio.library import SoundLibrary
 from hub.audio.sources import SAMPLE_RATE, FileSound, GeneratedSound, render_long_arpeggio
+from hub.audio.testing import tone
 from hub.clock import Clock
 from hub.core.hub import Hub
 from hub.settings import Settings
@@ -38,21 +38,18 @@ TONES = (("tone-a", 523.25, 0.8), ("tone-b", 784.0, 0.6), ("tone-c", 330.0, 1.0)
 LONG_SECONDS = 120.0
 
 
-def _tone(freq: float, seconds: float) -> np.ndarray[Any, np.dtype[np.float32]]:
-    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    fade = np.minimum(1.0, np.minimum(t, seconds - t) / 0.01)  # no clicks at the edges
-    wave = 0.4 * np.sin(2 * np.pi * freq * t) + 0.15 * np.sin(2 * np.pi * 2.01 * freq * t)
-    out: np.ndarray[Any, np.dtype[np.float32]] = (fade * wave).astype(np.float32)
-    return out
-
-
 @pytest.fixture(scope="session")
 def sound_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = tmp_path_factory.mktemp("device-sounds")
     paths = []
     for name, freq, seconds in TONES:
         path = folder / f"{name}.wav"
-        sf.write(path, _tone(freq, seconds), SAMPLE_RATE, subtype="PCM_16")
+        sf.write(
+            path,
+            tone(freq, seconds, amplitude=0.4, fade=0.01, overtone=0.15),
+            SAMPLE_RATE,
+            subtype="PCM_16",
+        )
         paths.append(path)
     return paths
 
